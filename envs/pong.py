@@ -1,0 +1,266 @@
+"""Interventional Pong with ground-truth local causal graphs (after CITRIS, Lippe et al. 2022)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from cwm_rl.envs.base import CausalEnv, CausalVectorEnv, State, StepResult
+from cwm_rl.envs.render import Canvas
+from cwm_rl.envs.validation import check_float, check_int, check_probability, check_subset
+from gymnasium import spaces
+
+SIZE = 32.0
+PADDLE_HALF_H = 3.0  # paddles are 6 high ...
+PADDLE_W = 2.0  # ... and 2 wide
+LEFT_FACE = 1.0 + PADDLE_W  # left paddle spans x in [1, 3]
+RIGHT_FACE = SIZE - 1.0 - PADDLE_W  # right paddle spans x in [29, 31]
+PADDLE_LO, PADDLE_HI = PADDLE_HALF_H, SIZE - PADDLE_HALF_H
+
+SLOTS = ("left_paddle", "right_paddle", "ball", "score")
+LP, RP, BALL, SCORE, ACTION = 0, 1, 2, 3, 4
+
+# Uniforms consumed per event (fixed, so counterfactual replays see the same noise).
+_U_INTERVENE, _U_TARGET, _U_VALUES, _U_LP_NOISE, _U_RP_NOISE, _U_RESPAWN = 0, 1, 2, 6, 7, 8
+N_STEP_UNIFORMS = 11
+N_RESET_UNIFORMS = 5
+
+# How the suite registers this env: cwm/InterventionalPong-v0 and its out-of-distribution twin.
+SUITE_SPEC = {
+    "name": "InterventionalPong",
+    "max_episode_steps": 1000,
+    "kwargs": {},
+    # Unseen intervention target (the score) and slower paddles.
+    "ood_kwargs": {"intervention_targets": ("left_paddle", "right_paddle", "ball", "score"), "paddle_max_step": 1.0},
+}
+
+
+class InterventionalPongEnv(CausalEnv):
+    """Pong on a 32x32 court where exogenous interventions hit single objects and every step reports its graph.
+
+    ## Description
+    After CITRIS's Interventional Pong (Lippe et al., 2022), on states instead of pixels. Two paddles (6 high,
+    2 wide) and a ball (radius 1.2, constant speed 2.0). The left paddle is a scripted opponent that tracks the
+    ball (at most ``paddle_max_step`` per step, plus uniform noise); the agent moves the right paddle. With
+    probability ``intervention_prob`` per step one target slot, drawn uniformly from ``intervention_targets``,
+    is set to a random value by an exogenous intervention (reported in ``info["intervened"]``).
+
+    ## Action Space
+    ``Discrete(3)``: 0 stay, 1 move the right paddle up, 2 move it down (by ``paddle_max_step`` plus noise).
+
+    ## Observation Space
+    ``Box(8,)`` float32 in four slots: ``left_paddle`` (y), ``right_paddle`` (y), ``ball`` (x, y, vx, vy),
+    ``score`` (left, right). Positions are in court units, ``0 <= x, y <= 32``.
+
+    ## Rewards
+    +1 when the agent (right) scores a point, -1 when the opponent does, 0 otherwise.
+
+    ## Starting State
+    Paddles at uniform heights; the ball at the centre line at a uniform height, moving left or right with a
+    uniform vertical component; score 0:0.
+
+    ## Episode End
+    Terminates when one side reaches ``winning_score`` points (5); truncated at 1,000 steps by the registration.
+
+    ## Arguments
+    * ``intervention_prob`` (float in [0, 1], default 0.15): probability of an intervention per step.
+    * ``intervention_targets`` (names from the slots, default paddles and ball): possible targets.
+    * ``paddle_max_step`` (float > 0, default 1.5): the largest paddle move per step, both paddles.
+    * ``paddle_noise`` (float >= 0, default 0.5): paddle moves get uniform noise in ``[-noise, noise]``.
+    * ``ball_speed`` (float in (0, 4], default 2.0).
+    * ``winning_score`` (int >= 1, default 5).
+
+    ## Causal Graph
+    Slots ``left_paddle, right_paddle, ball, score``; the last column is the action. Per transition:
+
+    * ``left_paddle <- left_paddle, ball``: always (it tracks the ball from its own position).
+    * ``right_paddle <- right_paddle, action``: always.
+    * ``ball <- ball``: always. ``ball <- left_paddle`` / ``ball <- right_paddle`` only when the ball hits that
+      paddle this step (the hit point sets the rebound angle).
+    * ``score <- score``: always. ``score <- ball`` only when a point is scored this step.
+    * An intervened slot has no parents that step (its row is all False).
+
+    The global graph is the union of these edges. Contacts and points are decided from the state at t.
+
+    ## Version History
+    * v0: initial version. ``cwm/InterventionalPong-OOD-v0`` intervenes on the score too (a target never seen in
+      ``-v0``) and gives both paddles a slower ``paddle_max_step=1.0``.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+    n_reset_uniforms = N_RESET_UNIFORMS
+    n_step_uniforms = N_STEP_UNIFORMS
+
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        intervention_prob: float = 0.15,
+        intervention_targets: Sequence[str] = ("left_paddle", "right_paddle", "ball"),
+        paddle_max_step: float = 1.5,
+        paddle_noise: float = 0.5,
+        ball_speed: float = 2.0,
+        winning_score: int = 5,
+    ) -> None:
+        super().__init__(render_mode=render_mode)
+        name = type(self).__name__
+        self.intervention_prob = check_probability(name, "intervention_prob", intervention_prob)
+        self.intervention_targets = check_subset(name, "intervention_targets", intervention_targets, SLOTS)
+        self.paddle_max_step = check_float(name, "paddle_max_step", paddle_max_step, low=0.0, low_open=True)
+        self.paddle_noise = check_float(name, "paddle_noise", paddle_noise, low=0.0)
+        self.ball_speed = check_float(name, "ball_speed", ball_speed, low=0.0, high=4.0, low_open=True)
+        self.winning_score = check_int(name, "winning_score", winning_score, low=1, high=99)
+        self.ball_radius = 1.2
+        self._max_vy = 0.75 * self.ball_speed
+        self._target_index = np.array([SLOTS.index(t) for t in self.intervention_targets])
+
+        graph = np.zeros((4, 5), dtype=bool)
+        graph[LP, [LP, BALL]] = True
+        graph[RP, [RP, ACTION]] = True
+        graph[BALL, [LP, RP, BALL]] = True
+        graph[SCORE, [BALL, SCORE]] = True
+        s, w = self.ball_speed, float(self.winning_score)
+        low = np.array([PADDLE_LO, PADDLE_LO, 0.0, 0.0, -s, -s, 0.0, 0.0])
+        high = np.array([PADDLE_HI, PADDLE_HI, SIZE, SIZE, s, s, w, w])
+        self._init_causal(
+            {"left_paddle": 1, "right_paddle": 1, "ball": 4, "score": 2}, graph, low, high, spaces.Discrete(3)
+        )
+
+    # ------------------------------------------------------------------ batched dynamics
+    def _serve(self, u_y: np.ndarray, u_vy: np.ndarray, u_dir: np.ndarray) -> tuple[np.ndarray, ...]:
+        """A ball at the centre line at a uniform height, moving left or right."""
+        y = 8.0 + 16.0 * u_y
+        vy = self._max_vy * (2.0 * u_vy - 1.0)
+        vx = np.sqrt(self.ball_speed**2 - vy * vy) * np.where(u_dir < 0.5, -1.0, 1.0)
+        x = np.full_like(y, SIZE / 2.0)
+        return x, y, vx, vy
+
+    def _reset_batch(self, u: np.ndarray) -> State:
+        span = PADDLE_HI - PADDLE_LO
+        bx, by, bvx, bvy = self._serve(u[:, 2], u[:, 3], u[:, 4])
+        zeros = np.zeros(len(u))
+        return {
+            "lp": PADDLE_LO + span * u[:, 0],
+            "rp": PADDLE_LO + span * u[:, 1],
+            "ball": np.stack([bx, by, bvx, bvy], axis=1),
+            "score": np.stack([zeros, zeros], axis=1),
+        }
+
+    def _step_batch(self, state: State, action: np.ndarray, u: np.ndarray) -> StepResult:
+        lp, rp, ball, score = state["lp"], state["rp"], state["ball"], state["score"]
+        bx, by, vx, vy = ball[:, 0], ball[:, 1], ball[:, 2], ball[:, 3]
+        m, noise, r = self.paddle_max_step, self.paddle_noise, self.ball_radius
+
+        # Paddles: the opponent tracks the ball, the agent's paddle follows the action.
+        new_lp = lp + np.minimum(np.maximum(by - lp, -m), m) + noise * (2.0 * u[:, _U_LP_NOISE] - 1.0)
+        new_lp = np.minimum(np.maximum(new_lp, PADDLE_LO), PADDLE_HI)
+        move = np.where(action == 1, m, np.where(action == 2, -m, 0.0))
+        new_rp = rp + move + noise * (2.0 * u[:, _U_RP_NOISE] - 1.0)
+        new_rp = np.minimum(np.maximum(new_rp, PADDLE_LO), PADDLE_HI)
+
+        # Ball: move, bounce off top and bottom walls, rebound off a paddle it reaches (angle from the hit point).
+        nx, ny, nvx, nvy = bx + vx, by + vy, vx, vy
+        low_wall, high_wall = ny < r, ny > SIZE - r
+        ny = np.where(low_wall, 2.0 * r - ny, np.where(high_wall, 2.0 * (SIZE - r) - ny, ny))
+        nvy = np.where(low_wall | high_wall, -nvy, nvy)
+        reach = PADDLE_HALF_H + r
+        hit_left = (vx < 0) & (bx - r >= LEFT_FACE) & (nx - r < LEFT_FACE) & (np.abs(ny - lp) <= reach)
+        hit_right = (vx > 0) & (bx + r <= RIGHT_FACE) & (nx + r > RIGHT_FACE) & (np.abs(ny - rp) <= reach)
+        paddle_y = np.where(hit_left, lp, rp)
+        hit = hit_left | hit_right
+        offset = np.minimum(np.maximum((ny - paddle_y) / reach, -1.0), 1.0)
+        rebound_vy = self._max_vy * offset
+        rebound_vx = np.sqrt(self.ball_speed**2 - rebound_vy * rebound_vy)
+        nvy = np.where(hit, rebound_vy, nvy)
+        nvx = np.where(hit_left, rebound_vx, np.where(hit_right, -rebound_vx, nvx))
+        nx = np.where(hit_left, 2.0 * (LEFT_FACE + r) - nx, np.where(hit_right, 2.0 * (RIGHT_FACE - r) - nx, nx))
+
+        # Points: the ball reaches a back wall; it is served again from the centre.
+        right_point = nx <= r
+        left_point = nx >= SIZE - r
+        point = right_point | left_point
+        sx, sy, svx, svy = self._serve(u[:, _U_RESPAWN], u[:, _U_RESPAWN + 1], u[:, _U_RESPAWN + 2])
+        new_ball = np.stack(
+            [np.where(point, sx, nx), np.where(point, sy, ny), np.where(point, svx, nvx), np.where(point, svy, nvy)],
+            axis=1,
+        )
+        new_score = score + np.stack([left_point, right_point], axis=1)
+        reward = right_point.astype(np.float64) - left_point.astype(np.float64)
+        terminated = new_score.max(axis=1) >= self.winning_score
+
+        # Local graph of this transition (before interventions).
+        batch = len(lp)
+        graph = np.zeros((batch, 4, 5), dtype=bool)
+        graph[:, LP, LP] = graph[:, LP, BALL] = True
+        graph[:, RP, RP] = graph[:, RP, ACTION] = True
+        graph[:, BALL, BALL] = True
+        graph[:, BALL, LP] = hit_left
+        graph[:, BALL, RP] = hit_right
+        graph[:, SCORE, SCORE] = True
+        graph[:, SCORE, BALL] = point
+
+        # Exogenous single-target interventions: the target's value is replaced, its row loses every parent.
+        intervene = u[:, _U_INTERVENE] < self.intervention_prob
+        n_targets = len(self._target_index)
+        pick = np.minimum((u[:, _U_TARGET] * n_targets).astype(np.int64), n_targets - 1)
+        target = np.where(intervene, self._target_index[pick], -1)
+        intervened = target[:, None] == np.arange(4)[None, :]
+        v = u[:, _U_VALUES : _U_VALUES + 4]
+        span = PADDLE_HI - PADDLE_LO
+        new_lp = np.where(intervened[:, LP], PADDLE_LO + span * v[:, 0], new_lp)
+        new_rp = np.where(intervened[:, RP], PADDLE_LO + span * v[:, 0], new_rp)
+        ix, iy, ivx, ivy = self._serve(v[:, 1], v[:, 2], v[:, 3])
+        ix = 8.0 + 16.0 * v[:, 0]
+        new_ball = np.where(intervened[:, BALL, None], np.stack([ix, iy, ivx, ivy], axis=1), new_ball)
+        w = self.winning_score
+        random_score = np.minimum(np.floor(v[:, :2] * w), w - 1)
+        new_score = np.where(intervened[:, SCORE, None], random_score, new_score)
+        terminated = np.where(intervened[:, SCORE], new_score.max(axis=1) >= w, terminated)
+        graph[intervened] = False
+
+        new_state = {"lp": new_lp, "rp": new_rp, "ball": new_ball, "score": new_score}
+        return StepResult(new_state, reward, terminated, graph, intervened)
+
+    def _observe_batch(self, state: State) -> np.ndarray:
+        return np.concatenate(
+            [state["lp"][:, None], state["rp"][:, None], state["ball"], state["score"]], axis=1
+        ).astype(np.float32)
+
+    # ------------------------------------------------------------------ verification and rendering
+    def _perturb_slot(self, state: State, slot: str, rng: np.random.Generator) -> State:
+        if slot in ("left_paddle", "right_paddle"):
+            key = "lp" if slot == "left_paddle" else "rp"
+            y = state[key][0]
+            delta = rng.uniform(0.1, 1.0) * (1.0 if y < (PADDLE_LO + PADDLE_HI) / 2 else -1.0)
+            state[key] = np.array([y + delta])
+        elif slot == "ball":
+            x, y, vx, vy = state["ball"][0]
+            r = self.ball_radius
+            x = float(np.clip(x + rng.uniform(-1.0, 1.0), r + 0.01, SIZE - r - 0.01))
+            y = float(np.clip(y + rng.uniform(-1.0, 1.0), r, SIZE - r))
+            vy = float(np.clip(vy + rng.uniform(-0.3, 0.3), -self._max_vy, self._max_vy))
+            vx = float(np.sign(vx) * np.sqrt(self.ball_speed**2 - vy * vy))
+            state["ball"] = np.array([[x, y, vx, vy]])
+        else:  # score: one side gains or loses a point, staying below the winning score
+            score = state["score"].copy()
+            side = int(rng.integers(2))
+            score[0, side] = score[0, side] + 1 if score[0, side] < self.winning_score - 1 else score[0, side] - 1
+            state["score"] = score
+        return state
+
+    def _render_frame(self, state: State) -> np.ndarray:
+        canvas = Canvas(SIZE, SIZE, scale=8)
+        lp, rp = float(state["lp"][0]), float(state["rp"][0])
+        bx, by = float(state["ball"][0, 0]), float(state["ball"][0, 1])
+        canvas.rect(1.0, lp - PADDLE_HALF_H, LEFT_FACE, lp + PADDLE_HALF_H, (230, 80, 80))
+        canvas.rect(RIGHT_FACE, rp - PADDLE_HALF_H, SIZE - 1.0, rp + PADDLE_HALF_H, (80, 160, 240))
+        canvas.circle(bx, by, self.ball_radius, (240, 240, 240))
+        for side, (x0, colour) in enumerate([(2.0, (230, 80, 80)), (SIZE / 2 + 2.0, (80, 160, 240))]):
+            for k in range(int(state["score"][0, side])):
+                canvas.rect(x0 + 1.5 * k, SIZE - 1.5, x0 + 1.5 * k + 1.0, SIZE - 0.5, colour)
+        return canvas.frame
+
+
+class InterventionalPongVectorEnv(CausalVectorEnv):
+    """Natively batched :class:`InterventionalPongEnv` (same transitions, seeds ``seed + i``)."""
+
+    env_class = InterventionalPongEnv
