@@ -10,7 +10,13 @@ Importing this package registers every suite env with Gymnasium. Public API:
 from __future__ import annotations
 
 from cwm_rl.envs.base import CausalEnv, CausalVectorEnv, State, StepResult
-from cwm_rl.envs.registration import causal_env_ids, make_causal_env, register_causal_env, spec_of
+from cwm_rl.envs.registration import (
+    causal_env_ids,
+    check_env_kwargs,
+    make_causal_env,
+    register_causal_env,
+    spec_of,
+)
 from cwm_rl.envs.verify import VerificationReport, verify_local_graphs
 
 __all__ = [
@@ -20,6 +26,7 @@ __all__ = [
     "StepResult",
     "VerificationReport",
     "causal_env_ids",
+    "check_env_kwargs",
     "make_causal_env",
     "register_causal_env",
     "spec_of",

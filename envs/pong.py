@@ -19,6 +19,8 @@ PADDLE_LO, PADDLE_HI = PADDLE_HALF_H, SIZE - PADDLE_HALF_H
 
 SLOTS = ("left_paddle", "right_paddle", "ball", "score")
 LP, RP, BALL, SCORE, ACTION = 0, 1, 2, 3, 4
+KEYS = ("lp", "rp", "bx", "by", "vx", "vy", "sl", "sr")  # state arrays, in observation order
+_SLOT_COLUMNS = {LP: (0,), RP: (1,), BALL: (2, 3, 4, 5), SCORE: (6, 7)}
 
 # Uniforms consumed per event (fixed, so counterfactual replays see the same noise).
 _U_INTERVENE, _U_TARGET, _U_VALUES, _U_LP_NOISE, _U_RP_NOISE, _U_RESPAWN = 0, 1, 2, 6, 7, 8
@@ -112,12 +114,15 @@ class InterventionalPongEnv(CausalEnv):
         self.ball_radius = 1.2
         self._max_vy = 0.75 * self.ball_speed
         self._target_index = np.array([SLOTS.index(t) for t in self.intervention_targets])
+        self._moves = np.array([0.0, self.paddle_max_step, -self.paddle_max_step])  # stay, up, down
 
         graph = np.zeros((4, 5), dtype=bool)
         graph[LP, [LP, BALL]] = True
         graph[RP, [RP, ACTION]] = True
         graph[BALL, [LP, RP, BALL]] = True
         graph[SCORE, [BALL, SCORE]] = True
+        self._always = np.zeros((4, 5), dtype=bool)  # edges active in every transition (self, tracking, action)
+        self._always[[LP, LP, RP, RP, BALL, SCORE], [LP, BALL, RP, ACTION, BALL, SCORE]] = True
         s, w = self.ball_speed, float(self.winning_score)
         low = np.array([PADDLE_LO, PADDLE_LO, 0.0, 0.0, -s, -s, 0.0, 0.0])
         high = np.array([PADDLE_HI, PADDLE_HI, SIZE, SIZE, s, s, w, w])
@@ -126,136 +131,129 @@ class InterventionalPongEnv(CausalEnv):
         )
 
     # ------------------------------------------------------------------ batched dynamics
+    # State: one (B,) float64 array per observed value, in observation order (see KEYS).
     def _serve(self, u_y: np.ndarray, u_vy: np.ndarray, u_dir: np.ndarray) -> tuple[np.ndarray, ...]:
         """A ball at the centre line at a uniform height, moving left or right."""
         y = 8.0 + 16.0 * u_y
         vy = self._max_vy * (2.0 * u_vy - 1.0)
         vx = np.sqrt(self.ball_speed**2 - vy * vy) * np.where(u_dir < 0.5, -1.0, 1.0)
-        x = np.full_like(y, SIZE / 2.0)
-        return x, y, vx, vy
+        return np.full_like(y, SIZE / 2.0), y, vx, vy
 
     def _reset_batch(self, u: np.ndarray) -> State:
         span = PADDLE_HI - PADDLE_LO
-        bx, by, bvx, bvy = self._serve(u[:, 2], u[:, 3], u[:, 4])
+        bx, by, vx, vy = self._serve(u[:, 2], u[:, 3], u[:, 4])
         zeros = np.zeros(len(u))
-        return {
-            "lp": PADDLE_LO + span * u[:, 0],
-            "rp": PADDLE_LO + span * u[:, 1],
-            "ball": np.stack([bx, by, bvx, bvy], axis=1),
-            "score": np.stack([zeros, zeros], axis=1),
-        }
+        values = (PADDLE_LO + span * u[:, 0], PADDLE_LO + span * u[:, 1], bx, by, vx, vy, zeros, zeros.copy())
+        return dict(zip(KEYS, values, strict=True))
 
     def _step_batch(self, state: State, action: np.ndarray, u: np.ndarray) -> StepResult:
-        lp, rp, ball, score = state["lp"], state["rp"], state["ball"], state["score"]
-        bx, by, vx, vy = ball[:, 0], ball[:, 1], ball[:, 2], ball[:, 3]
+        lp, rp, bx, by, vx, vy, sl, sr = (state[k] for k in KEYS)
         m, noise, r = self.paddle_max_step, self.paddle_noise, self.ball_radius
 
         # Paddles: the opponent tracks the ball, the agent's paddle follows the action.
         new_lp = lp + np.minimum(np.maximum(by - lp, -m), m) + noise * (2.0 * u[:, _U_LP_NOISE] - 1.0)
         new_lp = np.minimum(np.maximum(new_lp, PADDLE_LO), PADDLE_HI)
-        move = np.where(action == 1, m, np.where(action == 2, -m, 0.0))
-        new_rp = rp + move + noise * (2.0 * u[:, _U_RP_NOISE] - 1.0)
+        new_rp = rp + self._moves[action] + noise * (2.0 * u[:, _U_RP_NOISE] - 1.0)
         new_rp = np.minimum(np.maximum(new_rp, PADDLE_LO), PADDLE_HI)
 
-        # Ball: move, bounce off top and bottom walls, rebound off a paddle it reaches (angle from the hit point).
+        # Ball: move, bounce off the top and bottom walls, rebound off a paddle it reaches; the hit point sets the
+        # angle. Rare events are computed only when some sub-env has them (same values, less work per step).
         nx, ny, nvx, nvy = bx + vx, by + vy, vx, vy
         low_wall, high_wall = ny < r, ny > SIZE - r
-        ny = np.where(low_wall, 2.0 * r - ny, np.where(high_wall, 2.0 * (SIZE - r) - ny, ny))
-        nvy = np.where(low_wall | high_wall, -nvy, nvy)
+        wall = low_wall | high_wall
+        if wall.any():
+            ny = np.where(low_wall, 2.0 * r - ny, np.where(high_wall, 2.0 * (SIZE - r) - ny, ny))
+            nvy = np.where(wall, -nvy, nvy)
         reach = PADDLE_HALF_H + r
         hit_left = (vx < 0) & (bx - r >= LEFT_FACE) & (nx - r < LEFT_FACE) & (np.abs(ny - lp) <= reach)
         hit_right = (vx > 0) & (bx + r <= RIGHT_FACE) & (nx + r > RIGHT_FACE) & (np.abs(ny - rp) <= reach)
-        paddle_y = np.where(hit_left, lp, rp)
         hit = hit_left | hit_right
-        offset = np.minimum(np.maximum((ny - paddle_y) / reach, -1.0), 1.0)
-        rebound_vy = self._max_vy * offset
-        rebound_vx = np.sqrt(self.ball_speed**2 - rebound_vy * rebound_vy)
-        nvy = np.where(hit, rebound_vy, nvy)
-        nvx = np.where(hit_left, rebound_vx, np.where(hit_right, -rebound_vx, nvx))
-        nx = np.where(hit_left, 2.0 * (LEFT_FACE + r) - nx, np.where(hit_right, 2.0 * (RIGHT_FACE - r) - nx, nx))
+        if hit.any():
+            offset = np.minimum(np.maximum((ny - np.where(hit_left, lp, rp)) / reach, -1.0), 1.0)
+            rebound_vy = self._max_vy * offset
+            rebound_vx = np.sqrt(self.ball_speed**2 - rebound_vy * rebound_vy)
+            nvy = np.where(hit, rebound_vy, nvy)
+            nvx = np.where(hit_left, rebound_vx, np.where(hit_right, -rebound_vx, nvx))
+            nx = np.where(hit_left, 2.0 * (LEFT_FACE + r) - nx, np.where(hit_right, 2.0 * (RIGHT_FACE - r) - nx, nx))
 
-        # Points: the ball reaches a back wall; it is served again from the centre.
+        # Points: the ball reaches a back wall and is served again from the centre.
         right_point = nx <= r
         left_point = nx >= SIZE - r
         point = right_point | left_point
-        sx, sy, svx, svy = self._serve(u[:, _U_RESPAWN], u[:, _U_RESPAWN + 1], u[:, _U_RESPAWN + 2])
-        new_ball = np.stack(
-            [np.where(point, sx, nx), np.where(point, sy, ny), np.where(point, svx, nvx), np.where(point, svy, nvy)],
-            axis=1,
-        )
-        new_score = score + np.stack([left_point, right_point], axis=1)
-        reward = right_point.astype(np.float64) - left_point.astype(np.float64)
-        terminated = new_score.max(axis=1) >= self.winning_score
+        if point.any():
+            sx, sy, svx, svy = self._serve(u[:, _U_RESPAWN], u[:, _U_RESPAWN + 1], u[:, _U_RESPAWN + 2])
+            nx, ny = np.where(point, sx, nx), np.where(point, sy, ny)
+            nvx, nvy = np.where(point, svx, nvx), np.where(point, svy, nvy)
+        new_sl, new_sr = sl + left_point, sr + right_point
+        reward = right_point.astype(np.float64) - left_point
 
-        # Local graph of this transition (before interventions).
-        batch = len(lp)
-        graph = np.zeros((batch, 4, 5), dtype=bool)
-        graph[:, LP, LP] = graph[:, LP, BALL] = True
-        graph[:, RP, RP] = graph[:, RP, ACTION] = True
-        graph[:, BALL, BALL] = True
+        # Local graph of this transition: the always-on edges plus contacts and points.
+        graph = self._always[None].repeat(len(lp), axis=0)
         graph[:, BALL, LP] = hit_left
         graph[:, BALL, RP] = hit_right
-        graph[:, SCORE, SCORE] = True
         graph[:, SCORE, BALL] = point
+        new = [new_lp, new_rp, nx, ny, nvx, nvy, new_sl, new_sr]
 
         # Exogenous single-target interventions: the target's value is replaced, its row loses every parent.
         intervene = u[:, _U_INTERVENE] < self.intervention_prob
-        n_targets = len(self._target_index)
-        pick = np.minimum((u[:, _U_TARGET] * n_targets).astype(np.int64), n_targets - 1)
-        target = np.where(intervene, self._target_index[pick], -1)
-        intervened = target[:, None] == np.arange(4)[None, :]
-        v = u[:, _U_VALUES : _U_VALUES + 4]
-        span = PADDLE_HI - PADDLE_LO
-        new_lp = np.where(intervened[:, LP], PADDLE_LO + span * v[:, 0], new_lp)
-        new_rp = np.where(intervened[:, RP], PADDLE_LO + span * v[:, 0], new_rp)
-        ix, iy, ivx, ivy = self._serve(v[:, 1], v[:, 2], v[:, 3])
-        ix = 8.0 + 16.0 * v[:, 0]
-        new_ball = np.where(intervened[:, BALL, None], np.stack([ix, iy, ivx, ivy], axis=1), new_ball)
-        w = self.winning_score
-        random_score = np.minimum(np.floor(v[:, :2] * w), w - 1)
-        new_score = np.where(intervened[:, SCORE, None], random_score, new_score)
-        terminated = np.where(intervened[:, SCORE], new_score.max(axis=1) >= w, terminated)
-        graph[intervened] = False
-
-        new_state = {"lp": new_lp, "rp": new_rp, "ball": new_ball, "score": new_score}
-        return StepResult(new_state, reward, terminated, graph, intervened)
+        if intervene.any():
+            n_targets = len(self._target_index)
+            pick = np.minimum((u[:, _U_TARGET] * n_targets).astype(np.int64), n_targets - 1)
+            target = np.where(intervene, self._target_index[pick], -1)
+            intervened = target[:, None] == np.arange(4)[None, :]
+            v = u[:, _U_VALUES : _U_VALUES + 4]
+            span, w = PADDLE_HI - PADDLE_LO, self.winning_score
+            ix, iy, ivx, ivy = self._serve(v[:, 1], v[:, 2], v[:, 3])
+            replacement = {
+                LP: [PADDLE_LO + span * v[:, 0]],
+                RP: [PADDLE_LO + span * v[:, 0]],
+                BALL: [8.0 + 16.0 * v[:, 0], iy, ivx, ivy],
+                SCORE: [np.minimum(np.floor(v[:, 0] * w), w - 1), np.minimum(np.floor(v[:, 1] * w), w - 1)],
+            }
+            for slot, values in replacement.items():  # loop over the 4 slots, not over envs
+                for k, value in zip(_SLOT_COLUMNS[slot], values, strict=True):
+                    new[k] = np.where(intervened[:, slot], value, new[k])
+            graph &= ~intervened[:, :, None]
+        else:
+            intervened = np.zeros((len(lp), 4), dtype=bool)
+        terminated = (new[6] >= self.winning_score) | (new[7] >= self.winning_score)
+        return StepResult(dict(zip(KEYS, new, strict=True)), reward, terminated, graph, intervened)
 
     def _observe_batch(self, state: State) -> np.ndarray:
-        return np.concatenate(
-            [state["lp"][:, None], state["rp"][:, None], state["ball"], state["score"]], axis=1
-        ).astype(np.float32)
+        obs = np.empty((len(state["lp"]), len(KEYS)), dtype=np.float32)
+        for i, k in enumerate(KEYS):
+            obs[:, i] = state[k]
+        return obs
 
     # ------------------------------------------------------------------ verification and rendering
     def _perturb_slot(self, state: State, slot: str, rng: np.random.Generator) -> State:
         if slot in ("left_paddle", "right_paddle"):
             key = "lp" if slot == "left_paddle" else "rp"
-            y = state[key][0]
+            y = float(state[key][0])
             delta = rng.uniform(0.1, 1.0) * (1.0 if y < (PADDLE_LO + PADDLE_HI) / 2 else -1.0)
             state[key] = np.array([y + delta])
         elif slot == "ball":
-            x, y, vx, vy = state["ball"][0]
             r = self.ball_radius
-            x = float(np.clip(x + rng.uniform(-1.0, 1.0), r + 0.01, SIZE - r - 0.01))
-            y = float(np.clip(y + rng.uniform(-1.0, 1.0), r, SIZE - r))
-            vy = float(np.clip(vy + rng.uniform(-0.3, 0.3), -self._max_vy, self._max_vy))
-            vx = float(np.sign(vx) * np.sqrt(self.ball_speed**2 - vy * vy))
-            state["ball"] = np.array([[x, y, vx, vy]])
+            x = np.clip(state["bx"] + rng.uniform(-1.0, 1.0), r + 0.01, SIZE - r - 0.01)
+            y = np.clip(state["by"] + rng.uniform(-1.0, 1.0), r, SIZE - r)
+            vy = np.clip(state["vy"] + rng.uniform(-0.3, 0.3), -self._max_vy, self._max_vy)
+            vx = np.sign(state["vx"]) * np.sqrt(self.ball_speed**2 - vy * vy)
+            state.update(bx=x, by=y, vx=vx, vy=vy)
         else:  # score: one side gains or loses a point, staying below the winning score
-            score = state["score"].copy()
-            side = int(rng.integers(2))
-            score[0, side] = score[0, side] + 1 if score[0, side] < self.winning_score - 1 else score[0, side] - 1
-            state["score"] = score
+            key = ("sl", "sr")[int(rng.integers(2))]
+            value = float(state[key][0])
+            state[key] = np.array([value + 1.0 if value < self.winning_score - 1 else value - 1.0])
         return state
 
     def _render_frame(self, state: State) -> np.ndarray:
         canvas = Canvas(SIZE, SIZE, scale=8)
         lp, rp = float(state["lp"][0]), float(state["rp"][0])
-        bx, by = float(state["ball"][0, 0]), float(state["ball"][0, 1])
+        bx, by = float(state["bx"][0]), float(state["by"][0])
         canvas.rect(1.0, lp - PADDLE_HALF_H, LEFT_FACE, lp + PADDLE_HALF_H, (230, 80, 80))
         canvas.rect(RIGHT_FACE, rp - PADDLE_HALF_H, SIZE - 1.0, rp + PADDLE_HALF_H, (80, 160, 240))
         canvas.circle(bx, by, self.ball_radius, (240, 240, 240))
         for side, (x0, colour) in enumerate([(2.0, (230, 80, 80)), (SIZE / 2 + 2.0, (80, 160, 240))]):
-            for k in range(int(state["score"][0, side])):
+            for k in range(int(state[("sl", "sr")[side]][0])):
                 canvas.rect(x0 + 1.5 * k, SIZE - 1.5, x0 + 1.5 * k + 1.0, SIZE - 0.5, colour)
         return canvas.frame
 

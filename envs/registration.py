@@ -9,6 +9,7 @@ vector env, then check the graphs they declare with ``cwm-rl verify-env ID``.
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any
 
 import gymnasium as gym
@@ -67,9 +68,32 @@ def spec_of(env_id: str) -> gym.envs.registration.EnvSpec:
         ) from None
 
 
-def make_causal_env(env_id: str, **kwargs: Any) -> CausalEnv:
-    """``gymnasium.make`` with a clear error for unknown ids; returns the wrapped env (``.unwrapped`` is causal)."""
+# Keywords that gymnasium.make itself takes (not passed to the env constructor).
+_MAKE_KEYWORDS = {"max_episode_steps", "autoreset", "apply_api_compatibility", "disable_env_checker"}
+
+
+def check_env_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`InvalidArgumentError` naming any keyword the env's constructor does not accept."""
     spec = spec_of(env_id)
+    entry = spec.entry_point
+    if isinstance(entry, str):
+        entry = gym.envs.registration.load_env_creator(entry)
+    try:
+        params = inspect.signature(entry).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: let the constructor decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(kwargs) - set(params) - _MAKE_KEYWORDS)
+    if unknown:
+        accepted = sorted(k for k, p in params.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL)
+        raise InvalidArgumentError(f"{spec.id} has no argument(s) {unknown}; it accepts {accepted}")
+
+
+def make_causal_env(env_id: str, **kwargs: Any) -> gym.Env:
+    """``gymnasium.make`` with one-line errors for unknown ids and keywords; ``.unwrapped`` is a CausalEnv."""
+    spec = spec_of(env_id)
+    check_env_kwargs(spec.id, kwargs)
     env = gym.make(spec.id, **kwargs)
     if not isinstance(env.unwrapped, CausalEnv):
         env.close()

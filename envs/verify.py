@@ -23,10 +23,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from cwm_rl.envs.base import CausalEnv
-from cwm_rl.envs.registration import spec_of
+from cwm_rl.envs.registration import make_causal_env, spec_of
 
 from cwm_rl.errors import InvalidArgumentError
 
@@ -158,12 +157,8 @@ def verify_local_graphs(
     if isinstance(env, str):
         spec = spec_of(env)
         env_id = spec.id
-        made = gym.make(spec.id, **(env_kwargs or {}))
+        causal = make_causal_env(spec.id, **(env_kwargs or {})).unwrapped
         horizon = max_episode_steps or spec.max_episode_steps or 1000
-        causal = made.unwrapped
-        if not isinstance(causal, CausalEnv):
-            made.close()
-            raise InvalidArgumentError(f"{env_id} is not a cwm_rl CausalEnv, so it declares no local graphs")
     elif isinstance(env, CausalEnv):
         causal = env
         env_id = env.spec.id if env.spec is not None else type(env).__name__
