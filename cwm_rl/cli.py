@@ -37,6 +37,7 @@ def parse_assignments(items: Sequence[str] | None, what: str = "--kwarg") -> dic
 def _cmd_envs(args: argparse.Namespace) -> int:
     from cwm_rl.envs_info import describe_envs, format_env_table
 
+    import_user_modules(args.imports)
     infos = describe_envs(args.namespace)
     if args.json:
         print(json.dumps(infos, indent=2))
@@ -45,9 +46,33 @@ def _cmd_envs(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_user_modules(items: Sequence[str] | None) -> None:
+    """Import modules (dotted names) or Python files so the envs they register become available."""
+    import importlib
+    import importlib.util
+    from pathlib import Path
+
+    for item in items or ():
+        if item.endswith(".py") or "/" in item or "\\" in item:
+            path = Path(item)
+            if not path.is_file():
+                raise InvalidArgumentError(f"--import {item}: no such file")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            try:
+                importlib.import_module(item)
+            except ImportError as e:
+                raise InvalidArgumentError(f"--import {item}: {e}") from None
+
+
 def _cmd_verify_env(args: argparse.Namespace) -> int:
     from cwm_rl.envs import verify_local_graphs
 
+    import_user_modules(args.imports)
     kwargs = parse_assignments(args.kwarg)
     report = verify_local_graphs(
         args.env_id,
@@ -80,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="cwm", help="Gymnasium namespace to list (default: cwm)")
     p.add_argument("--brief", action="store_true", help="one line per env, no graphs")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file first (its registered envs are listed too)",
+    )
     p.set_defaults(func=_cmd_envs)
 
     p = sub.add_parser(
@@ -94,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturbations", type=int, default=1, help="perturbations per parent and transition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kwarg", action="append", metavar="KEY=VALUE", help="env constructor argument (repeatable)")
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file first, so the envs it registers exist (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_verify_env)
 

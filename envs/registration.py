@@ -9,6 +9,7 @@ vector env, then check the graphs they declare with ``cwm-rl verify-env ID``.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 from typing import Any
 
@@ -37,6 +38,13 @@ def register_causal_env(
         max_episode_steps: truncation horizon, applied by ``TimeLimit`` (single) and natively (vector).
         kwargs: default constructor arguments, overridable in ``gymnasium.make(env_id, **kwargs)``.
     """
+    if env_id in gym.registry:
+        if gym.registry[env_id].entry_point == env_class:
+            return  # re-importing the module that registers it: nothing to do
+        raise InvalidArgumentError(
+            f"{env_id} is already registered with another entry point ({gym.registry[env_id].entry_point}); "
+            "choose another id or version"
+        )
     if vector_class is None:
         if isinstance(env_class, str):
             raise InvalidArgumentError(f"register_causal_env({env_id!r}): pass vector_class when env_class is a string")
@@ -56,9 +64,16 @@ def causal_env_ids(namespace: str | None = SUITE_NAMESPACE) -> list[str]:
 
 
 def spec_of(env_id: str) -> gym.envs.registration.EnvSpec:
-    """Return the spec of ``env_id`` or raise :class:`UnknownEnvError` with the list of known ids."""
-    if env_id.startswith("cwm_rl:"):
-        env_id = env_id.split(":", 1)[1]
+    """Return the spec of ``env_id`` or raise :class:`UnknownEnvError` with the list of known ids.
+
+    ``"module:Name-v0"`` imports ``module`` first (Gymnasium's convention), so its registrations run.
+    """
+    if ":" in env_id:
+        module, env_id = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UnknownEnvError(f"cannot import {module!r} to find {env_id!r}: {e}") from None
     try:
         return gym.spec(env_id)
     except gym.error.Error:
