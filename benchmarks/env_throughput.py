@@ -21,9 +21,9 @@ import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cwm_rl  # noqa: E402,F401
 from _common import machine_info, write_json  # noqa: E402
 
+import cwm_rl  # noqa: E402,F401
 from cwm_rl.envs import causal_env_ids  # noqa: E402
 
 

@@ -39,7 +39,8 @@ def main() -> int:
             "(`benchmarks/env_throughput.py`). Single env: random actions, resets included; *make* adds Gymnasium's "
             'wrappers. Batched: the native vector env (`vectorization_mode="vector_entry_point"`).',
             "",
-            "| env | single env, raw (steps/s) | single env, `gym.make` (steps/s) | batched (env-steps/s) | batched / single |",
+            "| env | single env, raw (steps/s) | single env, `gym.make` (steps/s) | batched (env-steps/s) "
+            "| batched / single |",
             "|---|---:|---:|---:|---:|",
         ]
         for r in throughput["results"]:

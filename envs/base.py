@@ -24,12 +24,12 @@ from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
-from cwm_rl.envs.rng import key_from_generator, uniforms
 from gymnasium import spaces
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from cwm_rl.envs.rng import key_from_generator, uniforms
 from cwm_rl.errors import InvalidActionError, InvalidArgumentError
 
 State = dict[str, np.ndarray]

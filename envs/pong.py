@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from gymnasium import spaces
+
 from cwm_rl.envs.base import CausalEnv, CausalVectorEnv, State, StepResult
 from cwm_rl.envs.render import Canvas
 from cwm_rl.envs.validation import check_float, check_int, check_probability, check_subset
-from gymnasium import spaces
 
 SIZE = 32.0
 PADDLE_HALF_H = 3.0  # paddles are 6 high ...

@@ -14,8 +14,8 @@ import inspect
 from typing import Any
 
 import gymnasium as gym
-from cwm_rl.envs.base import CausalEnv, CausalVectorEnv
 
+from cwm_rl.envs.base import CausalEnv, CausalVectorEnv
 from cwm_rl.errors import InvalidArgumentError, UnknownEnvError
 
 SUITE_NAMESPACE = "cwm"

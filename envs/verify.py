@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from cwm_rl.envs.base import CausalEnv
 from cwm_rl.envs.registration import make_causal_env, spec_of
-
 from cwm_rl.errors import InvalidArgumentError
 
 

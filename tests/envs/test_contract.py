@@ -8,10 +8,10 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
-from cwm_rl.envs import CausalEnv, causal_env_ids, verify_local_graphs
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from cwm_rl.envs import CausalEnv, causal_env_ids, verify_local_graphs
 from cwm_rl.errors import InvalidActionError
 
 ENV_IDS = causal_env_ids()
@@ -33,10 +33,10 @@ def _rollout(env: gym.Env, seed: int, n: int) -> list[tuple]:
 def _same(a: list[tuple], b: list[tuple]) -> bool:
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         if len(x) != len(y):
             return False
-        for u, v in zip(x, y):
+        for u, v in zip(x, y, strict=True):
             if isinstance(u, np.ndarray):
                 if not np.array_equal(u, v):
                     return False
@@ -131,7 +131,7 @@ def test_pickle_and_state_roundtrip(env_id):
     got = [clone.unwrapped.step(a) for a in actions]
     env.unwrapped.set_state(state)
     replay = [env.unwrapped.step(a) for a in actions]
-    for r, g, p in zip(ref, got, replay):
+    for r, g, p in zip(ref, got, replay, strict=True):
         for other in (g, p):
             assert np.array_equal(r[0], other[0]) and r[1:4] == other[1:4]
             assert np.array_equal(r[4]["local_graph"], other[4]["local_graph"])
