@@ -46,12 +46,7 @@ def _register_suite() -> None:
     import gymnasium as gym
 
     for module_name in SUITE_MODULES:
-        try:  # TEMPORARY while the suite is being written; removed before the issue closes
-            module = importlib.import_module(f"cwm_rl.envs.{module_name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"cwm_rl.envs.{module_name}":
-                raise
-            continue
+        module = importlib.import_module(f"cwm_rl.envs.{module_name}")
         spec = module.SUITE_SPEC
         name = spec["name"]
         for env_id, kwargs in ((f"cwm/{name}-v0", spec["kwargs"]), (f"cwm/{name}-OOD-v0", spec["ood_kwargs"])):

@@ -20,6 +20,7 @@ both contract violations.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +136,7 @@ def verify_local_graphs(
     env_kwargs: dict[str, Any] | None = None,
     max_episode_steps: int | None = None,
     max_examples: int = 10,
+    policy: Callable[[np.ndarray], Any] | None = None,
 ) -> VerificationReport:
     """Replay ``n_transitions`` random-policy transitions counterfactually and check the declared local graphs.
 
@@ -146,6 +148,8 @@ def verify_local_graphs(
         env_kwargs: constructor arguments when ``env`` is an id.
         max_episode_steps: episode horizon of the rollout (default: the registered one, else 1,000).
         max_examples: how many violations to keep as examples in the report.
+        policy: maps an observation to an action; default uniform random actions. A policy that seeks rare
+            contexts (contacts, pushes) exercises the edges that only those contexts switch on.
 
     Returns:
         A :class:`VerificationReport`; ``report.passed`` is True when no violation was found.
@@ -177,14 +181,14 @@ def verify_local_graphs(
     examples: list[dict[str, Any]] = []
     rng = np.random.default_rng(seed + 1)
     causal.action_space.seed(seed)
-    causal.reset(seed=seed)
+    obs, _ = causal.reset(seed=seed)
     t_in_episode = 0
     replays = 0
 
     for t in range(n_transitions):
         before = causal.get_state()
-        action = causal.action_space.sample()
-        obs, _, terminated, _, info = causal.step(action)
+        action = causal.action_space.sample() if policy is None else policy(obs)
+        next_obs, _, terminated, _, info = causal.step(action)
         after = causal.get_state()
         graph = np.asarray(info["local_graph"], dtype=bool)
         if graph.shape != (n, n + 1):
@@ -205,7 +209,7 @@ def verify_local_graphs(
                 replays += 1
                 alt_graph = np.asarray(alt_info["local_graph"], dtype=bool)
                 for i, sl in enumerate(slices):
-                    if np.array_equal(obs[sl], alt_obs[sl]):
+                    if np.array_equal(next_obs[sl], alt_obs[sl]):
                         continue
                     if graph[i, j]:
                         effect[i, j] = True
@@ -217,15 +221,16 @@ def verify_local_graphs(
                                     "transition": t,
                                     "child": causal.slot_names[i],
                                     "parent": (*causal.slot_names, "action")[j],
-                                    "child_before": obs[sl].tolist(),
+                                    "child_before": next_obs[sl].tolist(),
                                     "child_after_perturbation": alt_obs[sl].tolist(),
                                 }
                             )
         confirmed += effect & graph
         causal.set_state(after)
+        obs = next_obs
         t_in_episode += 1
         if terminated or t_in_episode >= horizon:
-            causal.reset()
+            obs, _ = causal.reset()
             t_in_episode = 0
 
     return VerificationReport(
