@@ -48,6 +48,21 @@ def main() -> int:
                 f"| `{r['env_id']}` | {r['single_unwrapped_steps_per_s']:,.0f} | {r['single_made_steps_per_s']:,.0f} "
                 f"| {r['batched_steps_per_s']:,.0f} (x{r['num_envs']}) | {r['batched_over_single']:.0f} |"
             )
+        pong = next((r for r in throughput["results"] if r["env_id"] == "cwm/InterventionalPong-v0"), None)
+        if pong:
+            single, batched = pong["single_unwrapped_steps_per_s"], pong["batched_steps_per_s"]
+            lines += [
+                "",
+                "Targets for `cwm/InterventionalPong-v0` (issue 2): batched >= 1,000,000 env-steps/s: "
+                f"**{'met' if batched >= 1e6 else 'not met'}** ({batched:,.0f}); single env >= 30,000 steps/s: "
+                f"**{'met' if single >= 3e4 else 'not met'}** ({single:,.0f}).",
+                "",
+                "Why the single env is slower than a hand-written scalar loop: it *is* the batched numpy "
+                "implementation run on a batch of one, so single and batched envs give bit-identical transitions by "
+                "construction and the dynamics exist once. Each step is a few dozen numpy calls on length-1 arrays, "
+                "about 1 us each. For throughput use the batched env: at 1,024 sub-envs it is two orders of "
+                "magnitude faster per env-step.",
+            ]
         lines.append("")
     verification = _load("verification.json")
     if verification:
