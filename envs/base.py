@@ -177,7 +177,10 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
 
     # ------------------------------------------------------------------ actions
     def _check_action(self, action: Any) -> np.ndarray:
-        """Validate one action and return it as a batch of one; never clips or casts silently."""
+        """Validate one action and return it as a batch of one; never clips or casts silently.
+
+        Discrete actions become ``int64``; Box actions become ``float64`` (the dynamics run in double precision).
+        """
         space = self.action_space
         if isinstance(space, spaces.Discrete):
             if isinstance(action, (int, np.integer)) and not isinstance(action, (bool, np.bool_)):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from gymnasium import spaces
 
 from cwm_rl.envs.base import CausalEnv, CausalVectorEnv, State, StepResult
 from cwm_rl.envs.render import Canvas
-from cwm_rl.envs.validation import check_choice, check_int, check_probability
-from cwm_rl.errors import InvalidArgumentError
+from cwm_rl.envs.validation import check_bool, check_choice, check_int, check_probability
 
 MIN_OBJECTS, MAX_OBJECTS = 2, 12
 MIN_COLOURS, MAX_COLOURS = 2, 10
@@ -161,11 +158,11 @@ class ChemistryEnv(CausalEnv):
         self.n_colours = k = check_int(name, "n_colours", n_colours, low=MIN_COLOURS, high=MAX_COLOURS)
         self.graph = check_choice(name, "graph", graph, GRAPHS)
         self.graph_seed = check_int(name, "graph_seed", graph_seed, low=0)
-        self.local_rule = _check_bool(name, "local_rule", local_rule)
+        self.local_rule = check_bool(name, "local_rule", local_rule)
         self.intervention_prob = check_probability(name, "intervention_prob", intervention_prob)
-        self.start_context_prob = _check_optional_probability(name, "start_context_prob", start_context_prob)
-        self.target_context_prob = _check_optional_probability(name, "target_context_prob", target_context_prob)
-        self.random_start = _check_bool(name, "random_start", random_start)
+        self.start_context_prob = check_probability(name, "start_context_prob", start_context_prob, optional=True)
+        self.target_context_prob = check_probability(name, "target_context_prob", target_context_prob, optional=True)
+        self.random_start = check_bool(name, "random_start", random_start)
 
         rng = np.random.default_rng(self.graph_seed)
         self.dag = _make_dag(self.graph, n, rng)  # dag[p, j]: p is a parent of j
@@ -324,16 +321,6 @@ class ChemistryVectorEnv(CausalVectorEnv):
 
 
 # ---------------------------------------------------------------------- helpers (construction time only)
-def _check_bool(env: str, name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise InvalidArgumentError(f"{env}: {name}={value!r} must be True or False")
-    return bool(value)
-
-
-def _check_optional_probability(env: str, name: str, value: Any) -> float | None:
-    return None if value is None else check_probability(env, name, value)
-
-
 def _make_dag(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Adjacency ``dag[p, j]`` (parent p of child j), strictly upper triangular: topological order = index."""
     dag = np.zeros((n, n), dtype=bool)

@@ -6,6 +6,8 @@ import numbers
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from cwm_rl.errors import InvalidArgumentError
 
 
@@ -39,9 +41,18 @@ def check_float(
     return float(value)
 
 
-def check_probability(env: str, name: str, value: Any) -> float:
-    """Return ``value`` as a probability in ``[0, 1]`` or raise."""
+def check_probability(env: str, name: str, value: Any, *, optional: bool = False) -> float | None:
+    """Return ``value`` as a probability in ``[0, 1]`` (or ``None`` when ``optional`` allows it) or raise."""
+    if optional and value is None:
+        return None
     return check_float(env, name, value, low=0.0, high=1.0)
+
+
+def check_bool(env: str, name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (not a truthy number or string) or raise."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise InvalidArgumentError(f"{env}: {name}={value!r} must be True or False")
+    return bool(value)
 
 
 def check_choice(env: str, name: str, value: Any, choices: Iterable[Any]) -> Any:
