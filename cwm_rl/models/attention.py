@@ -1,0 +1,171 @@
+"""Cross-slot attention whose weights are read as the local causal graph of a transition.
+
+At each time step every slot (a *child*, the query) attends to every slot and to the action token (the *parents*,
+keys and values). The attention from child ``i`` to parent ``j`` is the model's score for the edge ``j -> i`` in
+this transition, in the env's layout ``(n_slots, n_slots + 1)`` with the action last.
+
+Soft attention is known to give unreliable graphs: a softmax spreads mass over every key and its weights sum to
+one, so an L1 penalty on them is a constant. Hence three kinds, selected by ``kind``:
+
+* ``"softmax"`` — standard multi-head attention; sparsity is an **entropy** penalty on each child's attention row
+  (low entropy = few parents). Graph score: head-averaged weight.
+* ``"sigmoid"`` — each edge has its own soft gate ``sigmoid(score)``; values are mixed by the gates and normalised
+  by the number of parents plus one; sparsity is the **L1** of the gates.
+* ``"hard"`` — SPARTAN-style (Lei et al. 2025) hard edges: each edge is a Bernoulli(sigmoid(score)) sample drawn
+  with the Gumbel-sigmoid trick and a straight-through estimator in training (0/1 in the forward pass, so a cut
+  edge really stops information flow), thresholded at 0.5 in evaluation. Sparsity: the expected number of edges
+  (mean gate probability).
+
+A ground-truth mask (the env's ``info["local_graph"]``) can gate any kind: that is the oracle model's upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+KINDS = ("softmax", "sigmoid", "hard")
+
+
+class AttentionOutput(NamedTuple):
+    """What :class:`SlotCrossAttention` returns."""
+
+    out: torch.Tensor  # (..., n, d_model) message to each child slot
+    scores: torch.Tensor  # (..., n, n + 1) edge scores in [0, 1] (the graph before thresholding)
+    penalty: torch.Tensor  # () sparsity penalty of this layer, averaged over edges and batch
+
+
+class SlotCrossAttention(nn.Module):
+    """Children (slots) attend to parents (slots + the action token).
+
+    Args:
+        d_model: width of slot and action embeddings.
+        n_heads: attention heads (``d_model`` must be divisible by it).
+        kind: ``"softmax"``, ``"sigmoid"`` or ``"hard"`` (see the module docstring).
+        temperature: Gumbel-sigmoid temperature of ``"hard"`` gates in training.
+        threshold: score above which an edge is in the thresholded graph (see :meth:`graph`).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        kind: str = "hard",
+        temperature: float = 0.5,
+        threshold: float | None = None,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"attention kind {kind!r} is not one of {KINDS}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.kind = kind
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.temperature = temperature
+        self.threshold = threshold
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        if kind != "softmax":
+            # Edge logits shared by the heads: one gate per edge, as SPARTAN samples one adjacency per layer.
+            self.edge_q = nn.Linear(d_model, d_model)
+            self.edge_k = nn.Linear(d_model, d_model)
+            self.edge_bias = nn.Parameter(torch.zeros(()))
+
+    def default_threshold(self, n_parents: int) -> float:
+        """0.5 for gates; for softmax, uniform attention ``1 / n_parents`` (an edge gets more than its share)."""
+        if self.threshold is not None:
+            return self.threshold
+        return 0.5 if self.kind != "softmax" else 1.0 / n_parents
+
+    def forward(self, slots: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> AttentionOutput:
+        """Attend from ``slots (..., n, d)`` to ``[slots; action] (..., n + 1, d)``.
+
+        Args:
+            slots: slot embeddings at time t.
+            action: action embedding ``(..., 1, d)`` or ``(..., d)``.
+            mask: optional bool ``(..., n, n + 1)``: only these edges may carry information (oracle gating).
+        """
+        if action.dim() == slots.dim() - 1:
+            action = action.unsqueeze(-2)
+        parents = torch.cat([slots, action], dim=-2)
+        lead = slots.shape[:-2]
+        n, m = slots.shape[-2], parents.shape[-2]
+        q = self.q_proj(slots).view(*lead, n, self.n_heads, self.d_head).transpose(-3, -2)
+        k = self.k_proj(parents).view(*lead, m, self.n_heads, self.d_head).transpose(-3, -2)
+        v = self.v_proj(parents).view(*lead, m, self.n_heads, self.d_head).transpose(-3, -2)
+        logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (..., H, n, m)
+
+        if self.kind == "softmax":
+            if mask is not None:
+                logits = logits.masked_fill(~mask.unsqueeze(-3), float("-inf"))
+            weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a fully masked row carries nothing
+            scores = weights.mean(dim=-3)
+            entropy = -(weights * torch.log(weights.clamp_min(1e-12))).sum(-1)
+            penalty = entropy.mean() / math.log(m)  # in [0, 1]
+            messages = weights @ v
+        else:
+            edge_logits = (self.edge_q(slots) @ self.edge_k(parents).transpose(-1, -2)) / math.sqrt(
+                slots.shape[-1]
+            ) + self.edge_bias
+            probs = torch.sigmoid(edge_logits)
+            if self.kind == "hard":
+                gates = self._hard_gates(edge_logits, probs)
+            else:
+                gates = probs
+            if mask is not None:
+                gates = gates * mask.to(gates.dtype)
+                probs = probs * mask.to(probs.dtype)
+            scores = probs
+            penalty = probs.mean()
+            # Mix values by attention restricted to the gated parents; a row with no parent gets no message.
+            g = gates.unsqueeze(-3)
+            exp = torch.exp(logits - logits.amax(dim=-1, keepdim=True)) * g
+            weights = exp / (exp.sum(-1, keepdim=True) + 1e-9)
+            if self.kind == "sigmoid":
+                weights = weights * (g.sum(-1, keepdim=True) / (g.sum(-1, keepdim=True) + 1.0))
+            messages = weights @ v
+        out = messages.transpose(-3, -2).reshape(*lead, n, self.n_heads * self.d_head)
+        return AttentionOutput(self.out_proj(out), scores, penalty)
+
+    def _hard_gates(self, edge_logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+        """0/1 gates: Gumbel-sigmoid samples with a straight-through gradient in training, a 0.5 threshold else."""
+        if not self.training:
+            return (probs > 0.5).to(probs.dtype)
+        u = torch.rand_like(edge_logits).clamp(1e-6, 1 - 1e-6)
+        noisy = torch.sigmoid((edge_logits + torch.log(u) - torch.log1p(-u)) / self.temperature)
+        hard = (noisy > 0.5).to(noisy.dtype)
+        return hard + noisy - noisy.detach()
+
+
+def graph_rollout(per_layer: list[torch.Tensor]) -> torch.Tensor:
+    """Compose per-layer edge scores ``(..., n, n + 1)`` into an end-to-end graph (attention rollout).
+
+    Each layer maps parents to children; stacking layers composes those maps. The action is a source that keeps
+    itself from layer to layer, so each ``(n, n + 1)`` matrix is extended to ``(n + 1, n + 1)`` with the row
+    ``[0 ... 0 1]`` and the product is taken from the last layer to the first (CoDA and SPARTAN read the graph this
+    way). The result is clamped to [0, 1].
+    """
+    if not per_layer:
+        raise ValueError("graph_rollout needs at least one layer")
+    out = None
+    for layer in per_layer:
+        n = layer.shape[-2]
+        action_row = torch.zeros(*layer.shape[:-2], 1, n + 1, dtype=layer.dtype, device=layer.device)
+        action_row[..., 0, n] = 1.0
+        square = torch.cat([layer, action_row], dim=-2)
+        out = square if out is None else square @ out
+    return out[..., :-1, :].clamp(0.0, 1.0)
+
+
+def sparsity_penalty(penalties: list[torch.Tensor]) -> torch.Tensor:
+    """Mean of the layers' penalties (0 when there are none)."""
+    return torch.stack(penalties).mean() if penalties else torch.zeros(())
+
+
+__all__ = ["KINDS", "AttentionOutput", "SlotCrossAttention", "graph_rollout", "sparsity_penalty"]
