@@ -87,3 +87,18 @@ def test_bad_configuration():
         SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(temporal="lstm"))
     with pytest.raises(ValueError, match="action kind"):
         SlotWorldModel(SLOTS, ("multibinary", 3), SlotModelConfig(temporal="attention"))
+
+
+def test_dense_mlp_baseline_contract():
+    from cwm_rl.models.mlp import DenseMLPModel
+
+    torch.manual_seed(0)
+    model = DenseMLPModel(sum(SLOTS), ("discrete", 3), hidden=32, n_layers=2)
+    obs, act = _data()
+    pred = model(obs, act)
+    assert pred.delta.shape == (B, T, sum(SLOTS)) and pred.reward.shape == (B, T) and pred.scores is None
+    step_pred, state = model.step(model.initial_state(B), obs[:, 2], act[:, 2])
+    assert state is None
+    torch.testing.assert_close(step_pred.delta, pred.delta[:, 2])
+    with pytest.raises(ValueError, match="action kind"):
+        DenseMLPModel(4, ("binary", 2))
