@@ -1,7 +1,8 @@
 """The ``cwm-rl`` command line.
 
 Subcommands: ``envs`` (list the registered causal envs), ``verify-env`` (counterfactual check of an env's
-declared local graphs) and ``demo`` (the end-to-end tour run by ``make demo``).
+declared local graphs), ``demo`` (the end-to-end tour run by ``make demo``) and ``collect`` (write a transition
+dataset for world-model training).
 
 Errors a user can cause (unknown id, bad keyword, bad value) print one line on stderr and exit with code 2;
 ``verify-env`` exits 1 when it finds violations.
@@ -91,6 +92,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed)
 
 
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from cwm_rl.data import collect
+
+    import_user_modules(args.imports)
+    result = collect(
+        args.env,
+        args.steps,
+        args.out,
+        policy=args.policy,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        env_kwargs=parse_assignments(args.kwarg),
+        max_episode_steps=args.max_episode_steps,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    m = result.metrics
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(
+            f"collected {m['transitions']} transitions in {m['episodes']} episodes ({m['complete_episodes']} complete) "
+            f"of {m['env_id']} with a {m['policy']} policy in {m['num_envs']} batched envs -> {result.path}\n"
+            f"mean reward {m['mean_reward']:.4f}; intervention rate {m['intervention_rate']:.3f}; "
+            f"{m['mean_local_edges']:.2f} local edges per transition"
+        )
+    return 0
+
+
+def _add_import_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        metavar="MODULE_OR_FILE",
+        help="import a module or .py file first, so the envs it registers exist (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cwm-rl",
@@ -105,13 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default="cwm", help="Gymnasium namespace to list (default: cwm)")
     p.add_argument("--brief", action="store_true", help="one line per env, no graphs")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE_OR_FILE",
-        help="import a module or .py file first (its registered envs are listed too)",
-    )
+    _add_import_argument(p)
     p.set_defaults(func=_cmd_envs)
 
     p = sub.add_parser(
@@ -126,13 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturbations", type=int, default=1, help="perturbations per parent and transition")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kwarg", action="append", metavar="KEY=VALUE", help="env constructor argument (repeatable)")
-    p.add_argument(
-        "--import",
-        dest="imports",
-        action="append",
-        metavar="MODULE_OR_FILE",
-        help="import a module or .py file first, so the envs it registers exist (repeatable)",
-    )
+    _add_import_argument(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_verify_env)
 
@@ -145,6 +173,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-envs", type=int, default=64, help="sub-environments per batched env (default 64)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "collect",
+        help="roll a policy out in an env's batched vector env and write a transition dataset",
+        description="Write DIR/meta.json, DIR/transitions.npz and DIR/metrics.json (format: docs/data_format.md): "
+        "obs, action, reward, next obs, terminated, truncated, local graph and intervened flags per transition, "
+        "episode-contiguous. Exit code 0: written; 2: bad input.",
+    )
+    p.add_argument("--env", required=True, metavar="ID", help="registered env id, e.g. cwm/InterventionalPong-v0")
+    p.add_argument("--steps", type=int, required=True, help="total transitions to store (over all sub-envs)")
+    p.add_argument("--policy", default="random", help="behaviour policy (default: random)")
+    p.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    p.add_argument("--seed", type=int, default=0, help="sub-env i is reset with seed + i (default 0)")
+    p.add_argument("--num-envs", type=int, default=16, help="sub-environments stepped together (default 16)")
+    p.add_argument("--kwarg", action="append", metavar="KEY=VALUE", help="env constructor argument (repeatable)")
+    p.add_argument("--max-episode-steps", type=int, default=None, metavar="M", help="truncation horizon")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in DIR")
+    _add_import_argument(p)
+    p.add_argument("--json", action="store_true", help="print the dataset's metrics as JSON")
+    p.set_defaults(func=_cmd_collect)
     return parser
 
 

@@ -26,3 +26,7 @@ class UnknownEnvError(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError would wrap the message in quotes
         return str(self.args[0]) if self.args else ""
+
+
+class DataError(UserError, ValueError):
+    """A dataset on disk is missing, corrupt, from another env, or does not fit the request (e.g. the window)."""
