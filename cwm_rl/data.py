@@ -710,6 +710,16 @@ class TransitionWindows(Dataset):
         # Clones, not views: a view would share (and, in DataLoader workers, ship) the whole dataset's storage.
         return {k: v[start:stop].clone() for k, v in self._tensors.items()}
 
+    @property
+    def transitions(self) -> dict[str, torch.Tensor]:
+        """Every stored transition as tensors (the arrays windows are cut from); treat as read-only."""
+        return self._tensors
+
+    @property
+    def window_episodes(self) -> np.ndarray:
+        """Episode index (0-based, in storage order) of each window, for splitting by episode."""
+        return np.searchsorted(self.episode_starts, self._starts, side="right") - 1
+
     # ------------------------------------------------------------------ what the data is about
     @property
     def env_id(self) -> str:

@@ -1,0 +1,257 @@
+"""World-model training: ``cwm-rl wm-train``.
+
+Reads a dataset written by ``cwm-rl collect``, trains one of the world models of :mod:`cwm_rl.models` on
+fixed-length windows (teacher-forced), and writes a run directory:
+
+* ``config.yaml`` — the full resolved :class:`WMTrainConfig` (``--config RUN_DIR/config.yaml`` re-runs it);
+* ``checkpoint.pt`` — model weights, normaliser and manifest, written atomically at every evaluation;
+* TensorBoard events — ``losses/*``, ``val/*`` (prediction error, SHD, F1, AUROC) and ``graphs/*`` heatmaps of the
+  predicted vs the true local graph;
+* ``metrics.json`` — the final validation metrics.
+
+Targets are normalised: the model sees ``(obs - mean) / std`` and predicts the change ``next_obs - obs`` in units
+of its own per-dimension standard deviation, so slots with large and small ranges weigh alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Subset
+
+from cwm_rl.checkpoint import save_checkpoint
+from cwm_rl.config import ConfigError, save_yaml, to_dict
+from cwm_rl.data import TransitionWindows
+from cwm_rl.models.factory import MODEL_KINDS, make_world_model
+from cwm_rl.models.world_model import SlotModelConfig
+from cwm_rl.wm_evaluation import Normalizer, evaluate_teacher_forced
+
+
+@dataclass
+class WMTrainConfig:
+    """Everything a world-model training run depends on.
+
+    Attributes:
+        env_id: the env the data comes from (checked against the dataset).
+        model: ``slot-ssm``, ``slot-transformer``, ``mlp`` or ``oracle``.
+        data: dataset directory (``cwm-rl collect --out``).
+        seed: seeds torch, the split and the batch order; a CPU run is reproduced exactly.
+        window: transitions per training window.
+        batch_size: windows per gradient step.
+        steps: gradient steps.
+        lr: AdamW learning rate; ``weight_decay`` its decay.
+        sparsity_weight: weight of the cross-slot attention's sparsity penalty.
+        reward_weight: weight of the reward loss; ``termination_weight`` of the termination loss.
+        val_fraction: share of episodes held out for validation.
+        eval_every: gradient steps between evaluations (and checkpoints).
+        threads: torch CPU threads.
+        slot: the slot models' architecture.
+        mlp_hidden: hidden width of the MLP baseline; ``mlp_layers`` its depth.
+    """
+
+    env_id: str = ""
+    model: str = "slot-ssm"
+    data: str = ""
+    seed: int = 0
+    window: int = 16
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    sparsity_weight: float = 0.05
+    reward_weight: float = 1.0
+    termination_weight: float = 0.1
+    val_fraction: float = 0.1
+    eval_every: int = 250
+    threads: int = 2
+    slot: SlotModelConfig = field(default_factory=SlotModelConfig)
+    mlp_hidden: int = 256
+    mlp_layers: int = 3
+
+
+def check_config(cfg: WMTrainConfig) -> None:
+    """Reject values that cannot work, one line each."""
+    if cfg.model not in MODEL_KINDS:
+        raise ConfigError(f"model={cfg.model!r} is not one of {MODEL_KINDS}")
+    for name in ("window", "batch_size", "steps", "eval_every", "threads", "mlp_hidden", "mlp_layers"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
+    for name in ("lr", "sparsity_weight", "reward_weight", "termination_weight", "weight_decay"):
+        if getattr(cfg, name) < 0 or not np.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise ConfigError(f"val_fraction={cfg.val_fraction} must be in (0, 1)")
+    if not cfg.data:
+        raise ConfigError("no dataset given: pass --data DIR (written by `cwm-rl collect`)")
+
+
+def action_spec_of(meta: dict[str, Any]) -> tuple[str, int]:
+    """``("discrete", n)`` or ``("continuous", dim)`` from a dataset's action-space description."""
+    space = meta["action_space"]
+    if space["kind"] == "discrete":
+        return ("discrete", int(space["n"]))
+    return ("continuous", int(np.prod(space["shape"])))
+
+
+def split_by_episode(ds: TransitionWindows, val_fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """Hold out whole episodes (no window of a validation episode is seen in training)."""
+    episodes = ds.window_episodes
+    unique = np.unique(episodes)
+    if len(unique) < 2:
+        raise ConfigError(f"the dataset has {len(unique)} usable episode(s); collect more to hold some out")
+    rng = np.random.default_rng(seed)
+    n_val = min(max(1, int(round(val_fraction * len(unique)))), len(unique) - 1)
+    val_eps = rng.choice(unique, size=n_val, replace=False)
+    is_val = np.isin(episodes, val_eps)
+    return Subset(ds, np.flatnonzero(~is_val).tolist()), Subset(ds, np.flatnonzero(is_val).tolist())
+
+
+def world_model_loss(model: nn.Module, batch: dict[str, torch.Tensor], norm: Normalizer, cfg: WMTrainConfig):
+    """Total loss and its parts for one batch of windows."""
+    obs = norm.obs(batch["obs"])
+    target = norm.delta(batch["next_obs"] - batch["obs"])
+    mask = batch["local_graph"] if cfg.model == "oracle" else None
+    pred = model(obs, norm.action(batch["action"]), mask)
+    parts = {
+        "prediction": F.mse_loss(pred.delta, target),
+        "reward": F.mse_loss(pred.reward, batch["reward"]),
+        "termination": F.binary_cross_entropy_with_logits(pred.termination_logit, batch["terminated"].float()),
+        "sparsity": pred.penalty,
+    }
+    total = (
+        parts["prediction"]
+        + cfg.reward_weight * parts["reward"]
+        + cfg.termination_weight * parts["termination"]
+        + cfg.sparsity_weight * parts["sparsity"]
+    )
+    return total, parts
+
+
+def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:
+    """Train, evaluate and checkpoint; returns the final metrics (also in ``RUN_DIR/metrics.json``)."""
+    check_config(cfg)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    ds = TransitionWindows(cfg.data, cfg.window, env_id=cfg.env_id or None)
+    cfg.env_id = ds.env_id
+    save_yaml(cfg, run / "config.yaml")
+    train_set, val_set = split_by_episode(ds, cfg.val_fraction, cfg.seed)
+    slot_dims = [s.stop - s.start for s in ds.slot_slices.values()]
+    action_spec = action_spec_of(ds.meta)
+    norm = Normalizer.fit(ds, [int(i) for i in train_set.indices], action_start=ds.meta["action_space"].get("start", 0))
+    model = make_world_model(cfg.model, slot_dims, action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers)
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(train_set) > cfg.batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64))
+    manifest = {"kind": "world_model", "env_id": ds.env_id, "model": cfg.model, "config": to_dict(cfg)}
+    writer = _summary_writer(run)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, desc=f"wm-train {cfg.model}", disable=not progress, leave=False)
+    step, start, metrics = 0, time.perf_counter(), {}
+    model.train()
+    while step < cfg.steps:
+        for batch in loader:
+            loss, parts = world_model_loss(model, batch, norm, cfg)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})")
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            step += 1
+            if writer:
+                writer.add_scalar("losses/total", loss.item(), step)
+                for k, v in parts.items():
+                    writer.add_scalar(f"losses/{k}", v.item(), step)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics = evaluate_teacher_forced(model, val_loader, norm, cfg.model == "oracle")
+                metrics.update(step=step, train_loss=loss.item(), wall_time_s=time.perf_counter() - start)
+                _log_eval(writer, metrics, step, ds.slot_names)
+                model.train()
+                save_checkpoint(
+                    run / "checkpoint.pt",
+                    {
+                        "model_state": model.state_dict(),
+                        "normalizer": norm.state(),
+                        "slot_dims": slot_dims,
+                        "action_spec": list(action_spec),
+                        "slot_names": list(ds.slot_names),
+                    },
+                    {**manifest, "step": step},
+                )
+            if step >= cfg.steps:
+                break
+    bar.close()
+    if writer:
+        writer.close()
+    final = {k: v for k, v in metrics.items() if not k.startswith("_")}
+    final.update(env_id=ds.env_id, model=cfg.model, seed=cfg.seed, parameters=_n_params(model))
+    deterministic = {k: v for k, v in final.items() if k != "wall_time_s"}
+    _write_json(run / "metrics.json", deterministic)
+    return final
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _summary_writer(run: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run))
+
+
+def _log_eval(writer, metrics: dict[str, Any], step: int, slot_names) -> None:
+    if writer is None:
+        return
+    for k, v in metrics.items():
+        if isinstance(v, float) and np.isfinite(v) and not k.startswith("_"):
+            writer.add_scalar(f"val/{k}", v, step)
+    if "_mean_scores" in metrics:
+        writer.add_figure("graphs/predicted_vs_true", _graph_figure(metrics, slot_names), step)
+
+
+def _graph_figure(metrics: dict[str, Any], slot_names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [*slot_names, "action"]
+    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * len(cols), 0.6 + 0.5 * len(slot_names)))
+    for ax, key, title in zip(
+        axes, ("_mean_scores", "_true_frequency"), ("predicted (mean score)", "true (frequency)"), strict=True
+    ):
+        ax.imshow(metrics[key], vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+        ax.set_yticks(range(len(slot_names)), slot_names)
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)

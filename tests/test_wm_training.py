@@ -1,0 +1,112 @@
+"""World-model training end to end on a tiny dataset: run dir, checkpoint, metrics, reproducibility, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import yaml
+
+from cwm_rl.checkpoint import CheckpointError, load_checkpoint
+from cwm_rl.config import ConfigError, apply_overrides
+from cwm_rl.data import collect
+from cwm_rl.models.world_model import SlotModelConfig
+from cwm_rl.wm_training import WMTrainConfig, train_world_model
+
+
+@pytest.fixture(scope="module")
+def pong_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "pong"
+    collect("cwm/InterventionalPong-v0", 1200, out, seed=0, num_envs=8, max_episode_steps=60)
+    return out
+
+
+def _cfg(data, **kw) -> WMTrainConfig:
+    base = WMTrainConfig(
+        env_id="cwm/InterventionalPong-v0",
+        model="slot-transformer",
+        data=str(data),
+        window=8,
+        batch_size=16,
+        steps=30,
+        eval_every=15,
+        slot=SlotModelConfig(d_model=16, n_layers=1, n_heads=2),
+    )
+    return dataclasses.replace(base, **kw)
+
+
+@pytest.mark.parametrize("model", ["slot-transformer", "mlp"])
+def test_training_writes_a_complete_run_dir(pong_data, tmp_path, model):
+    metrics = train_world_model(_cfg(pong_data, model=model), tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and (run / "checkpoint.pt").is_file()
+    assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["step"] == 30 and saved["model"] == model and saved["env_id"] == "cwm/InterventionalPong-v0"
+    assert 0 <= saved["prediction_mse"] < 10
+    if model == "mlp":
+        assert "f1" not in saved
+    else:
+        assert 0 <= saved["f1"] <= 1 and saved["shd"] >= 0 and "auroc_with_self" in saved
+    ckpt = load_checkpoint(run / "checkpoint.pt", expect={"env_id": "cwm/InterventionalPong-v0", "model": model})
+    assert ckpt["manifest"]["step"] == 30 and "torch" in ckpt["manifest"]["versions"]
+    with pytest.raises(CheckpointError, match="expected"):
+        load_checkpoint(run / "checkpoint.pt", expect={"env_id": "cwm/Chemistry-v0"})
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"] == model and config["slot"]["d_model"] == 16
+    assert metrics["parameters"] > 0
+
+
+def test_training_reduces_the_prediction_error(pong_data, tmp_path):
+    short = train_world_model(_cfg(pong_data, steps=2, eval_every=2), tmp_path / "a", progress=False)
+    longer = train_world_model(_cfg(pong_data, steps=80, eval_every=80), tmp_path / "b", progress=False)
+    assert longer["prediction_mse"] < 0.85 * short["prediction_mse"]
+
+
+def test_same_seed_same_metrics(pong_data, tmp_path):
+    train_world_model(_cfg(pong_data), tmp_path / "a", progress=False)
+    train_world_model(_cfg(pong_data), tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
+
+
+def test_truncated_checkpoint_is_detected(pong_data, tmp_path):
+    train_world_model(_cfg(pong_data, steps=15), tmp_path / "run", progress=False)
+    path = tmp_path / "run" / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model": "lstm"}, "model='lstm' is not one of"),
+        ({"steps": 0}, "steps=0 must be a positive integer"),
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"lr": -1.0}, "lr=-1.0"),
+    ],
+)
+def test_bad_config_values(pong_data, tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        train_world_model(apply_overrides(_cfg(pong_data), overrides), tmp_path / "run", progress=False)
+
+
+def test_data_from_another_env_is_rejected(pong_data, tmp_path):
+    from cwm_rl.errors import UserError
+
+    with pytest.raises(UserError, match="Chemistry"):
+        train_world_model(_cfg(pong_data, env_id="cwm/Chemistry-v0"), tmp_path / "run", progress=False)
+
+
+def test_oracle_uses_the_true_graph(pong_data, tmp_path):
+    metrics = train_world_model(
+        _cfg(
+            pong_data,
+            model="oracle",
+            slot=SlotModelConfig(d_model=16, n_layers=1, n_heads=2, temporal="attention", attention="softmax"),
+        ),
+        tmp_path / "run",
+        progress=False,
+    )
+    assert metrics["model"] == "oracle"
