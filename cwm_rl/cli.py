@@ -121,6 +121,58 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_wm_train(args: argparse.Namespace) -> int:
+    from cwm_rl.config import apply_overrides, load_yaml
+    from cwm_rl.wm_training import WMTrainConfig, train_world_model
+
+    cfg = load_yaml(WMTrainConfig, args.config) if args.config else WMTrainConfig()
+    flags = {
+        k: v
+        for k, v in (("env_id", args.env), ("model", args.model), ("data", args.data), ("seed", args.seed))
+        if v is not None
+    }
+    cfg = apply_overrides(cfg, {**flags, **parse_assignments(args.set, "--set")})
+    metrics = train_world_model(cfg, args.run_dir, progress=not args.json)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    else:
+        graph = f", SHD {metrics['shd']:.3f}, F1 {metrics['f1']:.3f}" if "f1" in metrics else ""
+        print(
+            f"{cfg.model} on {metrics['env_id']}: validation prediction MSE {metrics['prediction_mse']:.4f}{graph} "
+            f"after {metrics['step']} steps -> {args.run_dir}"
+        )
+    return 0
+
+
+def _cmd_wm_eval(args: argparse.Namespace) -> int:
+    from cwm_rl.wm_training import evaluate_run
+
+    results = evaluate_run(args.run_dir, args.data, ood_steps=args.ood_steps)
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+        return 0
+    print(f"{results['model']} on {results['env_id']} (step {results['step']})")
+    keys = [
+        "prediction_mse",
+        "open_loop_mse_1",
+        "open_loop_mse_5",
+        "open_loop_mse_10",
+        "shd",
+        "precision",
+        "recall",
+        "f1",
+        "auroc",
+        "shd_with_self",
+        "f1_with_self",
+    ]
+    parts = [p for p in ("in_distribution", "ood") if p in results]
+    print(f"{'metric':<20}" + "".join(f"{p:>18}" for p in parts))
+    for k in keys:
+        if k in results["in_distribution"]:
+            print(f"{k:<20}" + "".join(f"{results[p].get(k, float('nan')):>18.4f}" for p in parts))
+    return 0
+
+
 def _add_import_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--import",
@@ -193,6 +245,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_argument(p)
     p.add_argument("--json", action="store_true", help="print the dataset's metrics as JSON")
     p.set_defaults(func=_cmd_collect)
+
+    p = sub.add_parser(
+        "wm-train",
+        help="train a world model on a collected dataset",
+        description="Train slot-ssm | slot-transformer | mlp | oracle on windows of a `cwm-rl collect` dataset. "
+        "Writes RUN_DIR/config.yaml, checkpoint.pt, metrics.json and TensorBoard events.",
+    )
+    p.add_argument("--env", help="env id the data must come from")
+    p.add_argument("--model", help="slot-ssm, slot-transformer, mlp or oracle")
+    p.add_argument("--data", metavar="DIR", help="dataset directory (cwm-rl collect --out)")
+    p.add_argument("--run-dir", required=True, metavar="DIR", help="where to write the run")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--config", metavar="FILE", help="YAML config (e.g. an earlier RUN_DIR/config.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set steps=500 --set slot.attention=softmax",
+    )
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON (no progress bar)")
+    p.set_defaults(func=_cmd_wm_train)
+
+    p = sub.add_parser(
+        "wm-eval",
+        help="evaluate a trained world model: open-loop error and local-graph recovery, ID and OOD",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `cwm-rl wm-train` run directory")
+    p.add_argument("--data", metavar="DIR", help="evaluate on this dataset instead of the run's held-out episodes")
+    p.add_argument("--ood-steps", type=int, default=2000, help="fresh transitions of the env's OOD twin (0: skip)")
+    p.add_argument("--json", action="store_true", help="print every number as JSON (also saved to RUN_DIR/eval.json)")
+    p.set_defaults(func=_cmd_wm_eval)
     return parser
 
 

@@ -112,3 +112,49 @@ def evaluate_teacher_forced(
         out["_mean_scores"] = s.mean(0).numpy()
         out["_true_frequency"] = edge_frequency(t.numpy())
     return out
+
+
+@torch.no_grad()
+def evaluate_open_loop(
+    model: nn.Module,
+    loader: Iterable[dict[str, torch.Tensor]],
+    norm: Normalizer,
+    slot_dims: Sequence[int],
+    slot_names: Sequence[str],
+    horizons: Sequence[int] = (1, 5, 10),
+    oracle: bool = False,
+) -> dict[str, float]:
+    """Open-loop prediction error: from a real state, roll the model's ``step`` on its own predictions with the
+    real actions, and compare with the real observation ``k`` steps later.
+
+    Errors are mean squared errors in normalised observation units, overall (``open_loop_mse_k``) and per slot
+    (``open_loop_mse_k/<slot>``). Windows must be at least ``max(horizons)`` transitions long.
+    """
+    model.eval()
+    horizon = max(horizons)
+    bounds = np.cumsum([0, *slot_dims])
+    sums = {k: torch.zeros(len(slot_dims), dtype=torch.float64) for k in horizons}
+    counts = {k: 0 for k in horizons}
+    for batch in loader:
+        if batch["obs"].shape[1] < horizon:
+            raise ValueError(f"open-loop evaluation to {horizon} steps needs windows of >= {horizon} transitions")
+        b = batch["obs"].shape[0]
+        state = model.initial_state(b)
+        obs = batch["obs"][:, 0]
+        for t in range(horizon):
+            mask = batch["local_graph"][:, t] if oracle else None
+            pred, state = model.step(state, norm.obs(obs), norm.action(batch["action"][:, t]), mask)
+            obs = obs + norm.unnormalize_delta(pred.delta)
+            if t + 1 in sums:
+                err = (norm.obs(obs) - norm.obs(batch["next_obs"][:, t])) ** 2  # (B, D)
+                per_slot = torch.stack([err[:, lo:hi].mean(1) for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)])
+                sums[t + 1] += per_slot.sum(1).double()
+                counts[t + 1] += b
+    out: dict[str, float] = {}
+    weights = torch.tensor(slot_dims, dtype=torch.float64) / sum(slot_dims)
+    for k in horizons:
+        per_slot = sums[k] / max(counts[k], 1)
+        out[f"open_loop_mse_{k}"] = float((per_slot * weights).sum())
+        for name, v in zip(slot_names, per_slot.tolist(), strict=True):
+            out[f"open_loop_mse_{k}/{name}"] = v
+    return out

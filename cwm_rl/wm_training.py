@@ -28,12 +28,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from cwm_rl.checkpoint import save_checkpoint
-from cwm_rl.config import ConfigError, save_yaml, to_dict
+from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
+from cwm_rl.config import ConfigError, load_yaml, save_yaml, to_dict
 from cwm_rl.data import TransitionWindows
 from cwm_rl.models.factory import MODEL_KINDS, make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
-from cwm_rl.wm_evaluation import Normalizer, evaluate_teacher_forced
+from cwm_rl.wm_evaluation import Normalizer, evaluate_open_loop, evaluate_teacher_forced
 
 
 @dataclass
@@ -210,6 +210,73 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     deterministic = {k: v for k, v in final.items() if k != "wall_time_s"}
     _write_json(run / "metrics.json", deterministic)
     return final
+
+
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[WMTrainConfig, nn.Module, Normalizer, dict[str, Any]]:
+    """Rebuild a trained world model from its run directory (config.yaml + checkpoint.pt)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ConfigError(f"run directory {str(run)!r} does not exist; pass the --run-dir of a `cwm-rl wm-train` run")
+    cfg = load_yaml(WMTrainConfig, run / "config.yaml")
+    ckpt = load_checkpoint(
+        run / "checkpoint.pt", expect={"kind": "world_model", "env_id": cfg.env_id, "model": cfg.model}
+    )
+    action_spec = (ckpt["action_spec"][0], int(ckpt["action_spec"][1]))
+    model = make_world_model(cfg.model, ckpt["slot_dims"], action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers)
+    model.load_state_dict(ckpt["model_state"])
+    return cfg, model, Normalizer.from_state(ckpt["normalizer"]), ckpt
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    *,
+    ood_steps: int = 2000,
+    horizons: tuple[int, ...] = (1, 5, 10),
+) -> dict[str, Any]:
+    """``cwm-rl wm-eval``: prediction error at 1/5/10 open-loop steps and local-graph recovery, in distribution
+    (the run's held-out episodes, or all of ``data``) and on the env's ``-OOD-`` twin (freshly collected)."""
+    import tempfile
+
+    import gymnasium as gym
+
+    from cwm_rl.data import collect
+
+    cfg, model, norm, ckpt = load_run(run_dir)
+    torch.set_num_threads(cfg.threads)
+    window = max(max(horizons), cfg.window)
+    slot_dims, slot_names = ckpt["slot_dims"], ckpt["slot_names"]
+    oracle = cfg.model == "oracle"
+
+    def evaluate(ds: TransitionWindows, subset: list[int] | None) -> dict[str, Any]:
+        part = Subset(ds, subset) if subset is not None else ds
+        loader = DataLoader(part, batch_size=64)
+        out = evaluate_teacher_forced(model, loader, norm, oracle)
+        out.update(evaluate_open_loop(model, loader, norm, slot_dims, slot_names, horizons, oracle))
+        out["windows"] = len(part)
+        return {k: v for k, v in out.items() if not k.startswith("_")}
+
+    results: dict[str, Any] = {"env_id": cfg.env_id, "model": cfg.model, "step": ckpt["manifest"]["step"]}
+    ds = TransitionWindows(data or cfg.data, window, stride=window, env_id=cfg.env_id)
+    subset = None if data else [int(i) for i in split_by_episode(ds, cfg.val_fraction, cfg.seed)[1].indices]
+    results["in_distribution"] = evaluate(ds, subset)
+    ood_id = cfg.env_id.replace("-v", "-OOD-v", 1) if "-OOD-" not in cfg.env_id else None
+    if ood_id and ood_id in gym.registry and ood_steps > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            horizon = ds.meta.get("max_episode_steps")
+            collect(
+                ood_id,
+                ood_steps,
+                Path(tmp) / "ood",
+                seed=cfg.seed + 10_000,
+                num_envs=16,
+                max_episode_steps=horizon,
+                env_kwargs=ds.meta.get("env_kwargs") or None,
+            )
+            results["ood"] = evaluate(TransitionWindows(Path(tmp) / "ood", window, stride=window), None)
+            results["ood"]["env_id"] = ood_id
+    _write_json(Path(run_dir) / "eval.json", results)
+    return results
 
 
 def _n_params(model: nn.Module) -> int:

@@ -80,3 +80,83 @@ def test_demo_writes_a_report(tmp_path, capsys):
         assert env["verification"]["violations"] == 0
         assert env["transitions"] > 0 and (tmp_path / env["frame"]).is_file()
     assert (tmp_path / "report.md").read_text().startswith("# cwm-rl demo")
+
+
+def test_collect_wm_train_wm_eval_from_the_cli(tmp_path, capsys):
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert (
+        main(
+            [
+                "collect",
+                "--env",
+                "cwm/InterventionalPong-v0",
+                "--steps",
+                "600",
+                "--out",
+                str(data),
+                "--num-envs",
+                "4",
+                "--max-episode-steps",
+                "40",
+            ]
+        )
+        == 0
+    )
+    assert "collected 600 transitions" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "wm-train",
+                "--env",
+                "cwm/InterventionalPong-v0",
+                "--model",
+                "slot-transformer",
+                "--data",
+                str(data),
+                "--run-dir",
+                str(run),
+                "--set",
+                "steps=10",
+                "--set",
+                "eval_every=10",
+                "--set",
+                "window=10",
+                "--set",
+                "slot.d_model=16",
+                "--set",
+                "slot.n_layers=1",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["step"] == 10 and "f1" in trained
+    assert main(["wm-eval", str(run), "--ood-steps", "400", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    for part in ("in_distribution", "ood"):
+        assert {"open_loop_mse_1", "open_loop_mse_5", "open_loop_mse_10", "shd", "f1", "auroc"} <= set(ev[part])
+        assert "open_loop_mse_10/ball" in ev[part]
+    assert ev["ood"]["env_id"] == "cwm/InterventionalPong-OOD-v0"
+    assert json.loads((run / "eval.json").read_text()) == ev
+    # Re-running from the saved config reproduces the run exactly.
+    assert main(["wm-train", "--config", str(run / "config.yaml"), "--run-dir", str(tmp_path / "again"), "--json"]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "again" / "metrics.json").read_text() == (run / "metrics.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["wm-train", "--run-dir", "RUN", "--set", "modle=mlp"], "did you mean 'model'"),
+        (["wm-train", "--run-dir", "RUN", "--set", "steps=ten", "--data", "DATA"], "steps='ten' must be an integer"),
+        (["wm-train", "--run-dir", "RUN"], "no dataset given"),
+        (["wm-train", "--run-dir", "RUN", "--data", "no/such/dir"], "no/such/dir"),
+        (["wm-train", "--run-dir", "RUN", "--config", "missing.yaml"], "does not exist"),
+        (["wm-eval", "no/such/run"], "does not exist"),
+    ],
+)
+def test_wm_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
