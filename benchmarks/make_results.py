@@ -83,6 +83,30 @@ def main() -> int:
                 f"| {r['unused_edge_rate_excluding_self_edges']:.3f} |"
             )
         lines.append("")
+    scans = _load("scan_backends.json")
+    if scans:
+        names = scans["candidates"]
+        m = scans["machine"]
+        lines += [
+            "## SSM scan backends (CPU)",
+            "",
+            f"`benchmarks/scan_backends.py`: forward + backward of one block, median ms, batch "
+            f"{scans['config'].get('batch', '?')}, d_model {scans['config'].get('d_model', '?')}, d_state "
+            f"{scans['config'].get('d_state', '?')}, on {m.get('cpu_count', '?')} cores, torch {m.get('torch', '?')}, "
+            f"{m.get('threads', '?')} threads. In brackets: time relative to `{scans['baseline']}` (our CPU default). "
+            "`attention` is one causal Transformer layer of the same width, for reference.",
+            "",
+            "| seq len | " + " | ".join(f"`{n}`" for n in names) + " |",
+            "|---:|" + "---:|" * len(names),
+        ]
+        for r in scans["results"]:
+            base = r["ms"][scans["baseline"]]
+            cells = [
+                f"{r['ms'][n]:,.1f} ({r['ms'][n] / base:.1f}x)" if r["ms"].get(n) is not None else "skipped"
+                for n in names
+            ]
+            lines.append(f"| {r['length']} | " + " | ".join(cells) + " |")
+        lines.append("")
     out = DOCS / "results.md"
     out.write_text("\n".join(lines))
     print(f"wrote {out}")
