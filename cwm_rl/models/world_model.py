@@ -49,7 +49,10 @@ class SlotModelConfig:
         n_layers: blocks of (temporal mixer per slot, cross-slot attention).
         n_heads: heads of the cross-slot attention (and of the temporal attention).
         temporal: ``"ssm"`` or ``"attention"``.
-        attention: cross-slot attention kind: ``"softmax"``, ``"sigmoid"`` or ``"hard"``.
+        attention: cross-slot attention kind: ``"softmax"``, ``"sigmoid"`` or ``"hard"``. Default ``"sigmoid"``:
+            on Interventional Pong (20k random transitions, 600 steps, d_model 32, one seed) it recovered the
+            local graph best (F1 0.45, AUROC 0.83) against hard gates (0.24, 0.72) and softmax (0.21-0.23) at
+            equal prediction error; a provisional choice until the multi-seed study of issue 3.
         graph_readout: how per-layer scores become the graph: ``"last"`` layer, ``"mean"`` or ``"rollout"``
             (the product across layers).
         mlp_ratio: hidden width of each block's MLP, as a multiple of ``d_model``.
@@ -60,7 +63,7 @@ class SlotModelConfig:
     n_layers: int = 2
     n_heads: int = 4
     temporal: str = "ssm"
-    attention: str = "hard"
+    attention: str = "sigmoid"
     graph_readout: str = "last"
     mlp_ratio: float = 2.0
     ssm_kwargs: dict[str, Any] | None = None
