@@ -89,7 +89,7 @@ def _cmd_verify_env(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from cwm_rl.demo import run_demo
 
-    return run_demo(out_dir=args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed)
+    return run_demo(out_dir=args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed, wm_steps=args.wm_steps)
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -218,11 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="end-to-end tour on CPU: roll out every suite env, show and verify its causal graphs",
+        help="end-to-end demo on CPU: every suite env and its verified graphs, then a slot SSM world model",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--steps", type=int, default=200, help="batched steps per env (default 200)")
     p.add_argument("--num-envs", type=int, default=64, help="sub-environments per batched env (default 64)")
+    p.add_argument("--wm-steps", type=int, default=300, help="world-model training steps (0: skip that part)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 

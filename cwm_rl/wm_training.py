@@ -165,7 +165,8 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.steps, desc=f"wm-train {cfg.model}", disable=not progress, leave=False)
+    # disable=None: a bar on terminals only, so logs and pipes stay clean.
+    bar = tqdm(total=cfg.steps, desc=f"wm-train {cfg.model}", disable=None if progress else True, leave=False)
     step, start, metrics = 0, time.perf_counter(), {}
     model.train()
     while step < cfg.steps:
@@ -205,6 +206,16 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     bar.close()
     if writer:
         writer.close()
+    if "_mean_scores" in metrics:  # the learned vs true graph of the final evaluation, as a picture
+        from cwm_rl.plots import graph_heatmaps
+
+        fig = graph_heatmaps(
+            metrics["_mean_scores"],
+            metrics["_true_frequency"],
+            ds.slot_names,
+            title=f"{cfg.model} on {ds.env_id}, step {step}",
+        )
+        fig.savefig(run / "graph.png", dpi=100, bbox_inches="tight")
     final = {k: v for k, v in metrics.items() if not k.startswith("_")}
     final.update(env_id=ds.env_id, model=cfg.model, seed=cfg.seed, parameters=_n_params(model))
     deterministic = {k: v for k, v in final.items() if k != "wall_time_s"}
@@ -296,26 +307,10 @@ def _log_eval(writer, metrics: dict[str, Any], step: int, slot_names) -> None:
         if isinstance(v, float) and np.isfinite(v) and not k.startswith("_"):
             writer.add_scalar(f"val/{k}", v, step)
     if "_mean_scores" in metrics:
-        writer.add_figure("graphs/predicted_vs_true", _graph_figure(metrics, slot_names), step)
+        from cwm_rl.plots import graph_heatmaps
 
-
-def _graph_figure(metrics: dict[str, Any], slot_names):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = [*slot_names, "action"]
-    fig, axes = plt.subplots(1, 2, figsize=(2 + 1.2 * len(cols), 0.6 + 0.5 * len(slot_names)))
-    for ax, key, title in zip(
-        axes, ("_mean_scores", "_true_frequency"), ("predicted (mean score)", "true (frequency)"), strict=True
-    ):
-        ax.imshow(metrics[key], vmin=0, vmax=1, cmap="viridis")
-        ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
-        ax.set_yticks(range(len(slot_names)), slot_names)
-        ax.set_title(title)
-    fig.tight_layout()
-    return fig
+        fig = graph_heatmaps(metrics["_mean_scores"], metrics["_true_frequency"], slot_names)
+        writer.add_figure("graphs/predicted_vs_true", fig, step)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

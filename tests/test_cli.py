@@ -72,7 +72,7 @@ def test_console_script_exit_code_without_traceback():
 
 
 def test_demo_writes_a_report(tmp_path, capsys):
-    assert main(["demo", "--steps", "10", "--num-envs", "4", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--steps", "10", "--num-envs", "4", "--wm-steps", "5", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     ids = [e["env_id"] for e in metrics["envs"]]
     assert "cwm/InterventionalPong-v0" in ids and len(ids) == 4
@@ -80,6 +80,9 @@ def test_demo_writes_a_report(tmp_path, capsys):
         assert env["verification"]["violations"] == 0
         assert env["transitions"] > 0 and (tmp_path / env["frame"]).is_file()
     assert (tmp_path / "report.md").read_text().startswith("# cwm-rl demo")
+    wm = metrics["world_model"]
+    assert wm["model"] == "slot-ssm" and {"in_distribution", "ood"} <= set(wm)
+    assert 0 <= wm["in_distribution"]["f1"] <= 1 and (tmp_path / "wm-slot-ssm" / "graph.png").is_file()
 
 
 def test_collect_wm_train_wm_eval_from_the_cli(tmp_path, capsys):
