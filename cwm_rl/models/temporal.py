@@ -42,12 +42,18 @@ def _rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10_000.0) -> t
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention over time with rotary positions and a KV-cache ``step``.
 
+    With ``ffn_hidden > 0`` it is a whole Transformer layer: attention, then a position-wise feed-forward network
+    on the attended features (``out = a + ffn(norm(x + a))`` with ``a`` the attention output). The slot
+    Transformer sizes that network so its parameter count matches the slot SSM's (the paper's "equivalent
+    Transformer").
+
     Args:
         d_model: model width.
         n_heads: attention heads (``d_model`` must be divisible by it).
+        ffn_hidden: hidden width of the feed-forward network (0: attention only).
     """
 
-    def __init__(self, d_model: int, n_heads: int = 4) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, ffn_hidden: int = 0) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
@@ -55,6 +61,15 @@ class CausalSelfAttention(nn.Module):
         self.d_head = d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.ffn: nn.Module | None = None
+        if ffn_hidden > 0:
+            self.ffn_norm = nn.LayerNorm(d_model)
+            self.ffn = nn.Sequential(nn.Linear(d_model, ffn_hidden), nn.GELU(), nn.Linear(ffn_hidden, d_model))
+
+    def _feed_forward(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        if self.ffn is None:
+            return attended
+        return attended + self.ffn(self.ffn_norm(x + attended))
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, length, _ = x.shape
@@ -67,7 +82,7 @@ class CausalSelfAttention(nn.Module):
         positions = torch.arange(x.shape[1], device=x.device)
         q, k = _rope(q, positions), _rope(k, positions)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(y.transpose(1, 2).reshape(x.shape))
+        return self._feed_forward(x, self.out_proj(y.transpose(1, 2).reshape(x.shape)))
 
     def initial_state(
         self, batch: int, device: torch.device | None = None, dtype: torch.dtype | None = None
@@ -87,4 +102,4 @@ class CausalSelfAttention(nn.Module):
         values = torch.cat([state.v, v], dim=2)
         weights = torch.softmax((q @ keys.transpose(-1, -2)) / math.sqrt(self.d_head), dim=-1)
         y = (weights @ values).transpose(1, 2).reshape(x_t.shape[0], -1)
-        return self.out_proj(y), KVCache(keys, values, state.pos + 1)
+        return self._feed_forward(x_t, self.out_proj(y)), KVCache(keys, values, state.pos + 1)

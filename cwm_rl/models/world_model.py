@@ -30,6 +30,17 @@ from cwm_rl.models.temporal import CausalSelfAttention
 GRAPH_READOUTS = ("last", "mean", "rollout")
 
 
+def matched_ffn_hidden(cfg: SlotModelConfig) -> int:
+    """Feed-forward width that gives the attention mixer the parameter count of the SSM mixer of ``cfg``."""
+    from cwm_rl.models.ssm import make_ssm_block
+
+    ssm = sum(p.numel() for p in make_ssm_block(cfg.d_model, **(cfg.ssm_kwargs or {})).parameters())
+    attention = sum(p.numel() for p in CausalSelfAttention(cfg.d_model, cfg.n_heads).parameters())
+    d = cfg.d_model
+    # A hidden unit costs 2 * d weights + 1 bias; the LayerNorm and the output bias cost 3 * d.
+    return max(0, round((ssm - attention - 3 * d) / (2 * d + 1)))
+
+
 class Prediction(NamedTuple):
     """Model outputs for each step ``t`` (predicting ``t + 1``), batched ``(B, T, ...)`` or ``(B, ...)``."""
 
@@ -57,6 +68,9 @@ class SlotModelConfig:
             (the product across layers).
         mlp_ratio: hidden width of each block's MLP, as a multiple of ``d_model``.
         ssm_kwargs: extra arguments of the SSM block (``d_state``, ``expand``, ...).
+        temporal_ffn: hidden width of the feed-forward network in the ``"attention"`` temporal mixer. ``-1`` (the
+            default) sizes it so the model has the parameter count of its ``"ssm"`` twin (the paper's
+            equivalent Transformer); ``0`` means attention only.
     """
 
     d_model: int = 64
@@ -67,6 +81,7 @@ class SlotModelConfig:
     graph_readout: str = "last"
     mlp_ratio: float = 2.0
     ssm_kwargs: dict[str, Any] | None = None
+    temporal_ffn: int = -1
 
 
 class _Block(nn.Module):
@@ -142,7 +157,8 @@ class SlotWorldModel(nn.Module):
     @staticmethod
     def _mixer_factory(cfg: SlotModelConfig) -> Callable[[], nn.Module]:
         if cfg.temporal == "attention":
-            return lambda: CausalSelfAttention(cfg.d_model, cfg.n_heads)
+            hidden = cfg.temporal_ffn if cfg.temporal_ffn >= 0 else matched_ffn_hidden(cfg)
+            return lambda: CausalSelfAttention(cfg.d_model, cfg.n_heads, ffn_hidden=hidden)
         from cwm_rl.models.ssm import make_ssm_block
 
         return lambda: make_ssm_block(cfg.d_model, **(cfg.ssm_kwargs or {}))

@@ -102,3 +102,29 @@ def test_dense_mlp_baseline_contract():
     torch.testing.assert_close(step_pred.delta, pred.delta[:, 2])
     with pytest.raises(ValueError, match="action kind"):
         DenseMLPModel(4, ("binary", 2))
+
+
+@pytest.mark.parametrize("d_model, n_layers", [(16, 1), (32, 2), (64, 2)])
+def test_slot_transformer_matches_slot_ssm_parameter_count(d_model, n_layers):
+    """The paper's comparison: the equivalent Transformer has the slot SSM's size (within 10%)."""
+    from cwm_rl.models.factory import make_world_model
+
+    cfg = SlotModelConfig(d_model=d_model, n_layers=n_layers, n_heads=4)
+    counts = {
+        kind: sum(p.numel() for p in make_world_model(kind, SLOTS, ("discrete", 3), cfg).parameters())
+        for kind in ("slot-ssm", "slot-transformer")
+    }
+    assert abs(counts["slot-transformer"] - counts["slot-ssm"]) / counts["slot-ssm"] < 0.10, counts
+
+
+def test_transformer_layer_with_feed_forward_steps_like_forward():
+    from cwm_rl.models.temporal import CausalSelfAttention
+
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(16, n_heads=4, ffn_hidden=24).double()
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    full, state, steps = attn(x), attn.initial_state(2), []
+    for t in range(5):
+        y, state = attn.step(x[:, t], state)
+        steps.append(y)
+    torch.testing.assert_close(torch.stack(steps, 1), full)
