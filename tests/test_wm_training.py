@@ -110,3 +110,20 @@ def test_oracle_uses_the_true_graph(pong_data, tmp_path):
         progress=False,
     )
     assert metrics["model"] == "oracle"
+
+
+def test_wm_eval_rejects_a_checkpoint_of_another_model_and_data_of_another_env(pong_data, tmp_path):
+    import shutil
+
+    from cwm_rl.data import collect
+    from cwm_rl.errors import UserError
+    from cwm_rl.wm_training import evaluate_run
+
+    train_world_model(_cfg(pong_data, model="mlp", steps=15), tmp_path / "mlp", progress=False)
+    train_world_model(_cfg(pong_data, steps=15), tmp_path / "tr", progress=False)
+    shutil.copy(tmp_path / "mlp" / "checkpoint.pt", tmp_path / "tr" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="model='mlp' but 'slot-transformer' was expected"):
+        evaluate_run(tmp_path / "tr", ood_steps=0)
+    chem = collect("cwm/Chemistry-v0", 300, tmp_path / "chem", num_envs=4).path
+    with pytest.raises(UserError, match="Chemistry"):
+        evaluate_run(tmp_path / "mlp", chem, ood_steps=0)
