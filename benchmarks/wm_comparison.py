@@ -1,0 +1,122 @@
+"""The paper-style world-model comparison: slot SSM vs slot Transformer, with and without sparsity, per env.
+
+For each env: collect random-policy data once (seeded), then for every variant and seed train with
+``cwm-rl wm-train`` settings and evaluate with ``cwm-rl wm-eval`` (in distribution and on the OOD twin). Writes
+JSON that ``benchmarks/make_results.py`` turns into the table of docs/results.md (mean +- std over seeds).
+
+Usage::
+
+    python benchmarks/wm_comparison.py [--envs cwm/InterventionalPong-v0 ...] [--seeds 0 1 2] [--steps 2000]
+                                       [--transitions 20000] [--quick] [--out docs/wm_comparison.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, write_json  # noqa: E402
+
+from cwm_rl.data import collect  # noqa: E402
+from cwm_rl.models.world_model import SlotModelConfig  # noqa: E402
+from cwm_rl.wm_training import WMTrainConfig, evaluate_run, train_world_model  # noqa: E402
+
+SUITE = ["cwm/InterventionalPong-v0", "cwm/Chemistry-v0", "cwm/WeightedBlocks-v0", "cwm/Pusher2D-v0"]
+# variant -> (model, sparsity weight)
+VARIANTS = {
+    "slot-ssm (sparse)": ("slot-ssm", 0.05),
+    "slot-ssm (dense)": ("slot-ssm", 0.0),
+    "slot-transformer (sparse)": ("slot-transformer", 0.05),
+    "slot-transformer (dense)": ("slot-transformer", 0.0),
+    "mlp": ("mlp", 0.0),
+    "oracle": ("oracle", 0.0),
+}
+KEYS = (
+    "prediction_mse",
+    "open_loop_mse_1",
+    "open_loop_mse_5",
+    "open_loop_mse_10",
+    "shd",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "shd_with_self",
+    "f1_with_self",
+    "parameters",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", default=SUITE)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=2000, help="gradient steps per run")
+    parser.add_argument("--transitions", type=int, default=20_000, help="random-policy transitions per env")
+    parser.add_argument("--d-model", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="1 seed, 200 steps, 5,000 transitions")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.steps, args.transitions = args.seeds[:1], 200, 5000
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for env_id in args.envs:
+            data = Path(tmp) / env_id.replace("/", "_")
+            collect(env_id, args.transitions, data, seed=0, num_envs=16)
+            for variant in args.variants:
+                model, sparsity = VARIANTS[variant]
+                for seed in args.seeds:
+                    cfg = WMTrainConfig(
+                        env_id=env_id,
+                        model=model,
+                        data=str(data),
+                        seed=seed,
+                        steps=args.steps,
+                        eval_every=args.steps,
+                        sparsity_weight=sparsity,
+                        slot=SlotModelConfig(d_model=args.d_model),
+                    )
+                    run_dir = Path(tmp) / f"{data.name}-{model}-{sparsity}-{seed}"
+                    start = time.perf_counter()
+                    train_world_model(cfg, run_dir, progress=False)
+                    ev = evaluate_run(run_dir, ood_steps=2000)
+                    row = {
+                        "env_id": env_id,
+                        "variant": variant,
+                        "model": model,
+                        "sparsity_weight": sparsity,
+                        "seed": seed,
+                        "wall_time_s": time.perf_counter() - start,
+                    }
+                    for part in ("in_distribution", "ood"):
+                        if part in ev:
+                            row[part] = {k: ev[part][k] for k in KEYS if k in ev[part]}
+                    runs.append(row)
+                    idm = row["in_distribution"]
+                    print(
+                        f"{env_id:<28} {variant:<26} seed {seed}: mse {idm['prediction_mse']:.3f} "
+                        f"ol10 {idm['open_loop_mse_10']:.3f} shd {idm.get('shd', float('nan')):.2f} "
+                        f"f1 {idm.get('f1', float('nan')):.3f}  ({row['wall_time_s']:.0f} s)",
+                        flush=True,
+                    )
+    config = {
+        "steps": args.steps,
+        "transitions": args.transitions,
+        "seeds": args.seeds,
+        "d_model": args.d_model,
+        "quick": args.quick,
+        "defaults": dataclasses.asdict(WMTrainConfig()),
+    }
+    write_json(args.out, {"benchmark": "wm_comparison", "machine": machine_info(), "config": config, "runs": runs})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
