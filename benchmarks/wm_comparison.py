@@ -24,6 +24,7 @@ from _common import machine_info, write_json  # noqa: E402
 
 from cwm_rl.data import collect  # noqa: E402
 from cwm_rl.models.world_model import SlotModelConfig  # noqa: E402
+from cwm_rl.wm_evaluation import SUMMARY_KEYS  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, evaluate_run, train_world_model  # noqa: E402
 
 SUITE = ["cwm/InterventionalPong-v0", "cwm/Chemistry-v0", "cwm/WeightedBlocks-v0", "cwm/Pusher2D-v0"]
@@ -36,20 +37,7 @@ VARIANTS = {
     "mlp": ("mlp", 0.0),
     "oracle": ("oracle", 0.0),
 }
-KEYS = (
-    "prediction_mse",
-    "open_loop_mse_1",
-    "open_loop_mse_5",
-    "open_loop_mse_10",
-    "shd",
-    "precision",
-    "recall",
-    "f1",
-    "auroc",
-    "shd_with_self",
-    "f1_with_self",
-    "parameters",
-)
+KEYS = (*SUMMARY_KEYS, "parameters")
 
 
 def main(argv: list[str] | None = None) -> int:

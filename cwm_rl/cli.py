@@ -145,6 +145,7 @@ def _cmd_wm_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_wm_eval(args: argparse.Namespace) -> int:
+    from cwm_rl.wm_evaluation import SUMMARY_KEYS
     from cwm_rl.wm_training import evaluate_run
 
     results = evaluate_run(args.run_dir, args.data, ood_steps=args.ood_steps)
@@ -152,22 +153,9 @@ def _cmd_wm_eval(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2, sort_keys=True))
         return 0
     print(f"{results['model']} on {results['env_id']} (step {results['step']})")
-    keys = [
-        "prediction_mse",
-        "open_loop_mse_1",
-        "open_loop_mse_5",
-        "open_loop_mse_10",
-        "shd",
-        "precision",
-        "recall",
-        "f1",
-        "auroc",
-        "shd_with_self",
-        "f1_with_self",
-    ]
     parts = [p for p in ("in_distribution", "ood") if p in results]
     print(f"{'metric':<20}" + "".join(f"{p:>18}" for p in parts))
-    for k in keys:
+    for k in SUMMARY_KEYS:
         if k in results["in_distribution"]:
             print(f"{k:<20}" + "".join(f"{results[p].get(k, float('nan')):>18.4f}" for p in parts))
     return 0

@@ -18,6 +18,21 @@ from cwm_rl.data import TransitionWindows
 
 _MIN_STD = 1e-6
 
+SUMMARY_KEYS = (
+    "prediction_mse",
+    "open_loop_mse_1",
+    "open_loop_mse_5",
+    "open_loop_mse_10",
+    "shd",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "shd_with_self",
+    "f1_with_self",
+)
+"""The numbers a summary table shows (``cwm-rl wm-eval``, the comparison benchmark)."""
+
 
 @dataclass
 class Normalizer:

@@ -6,6 +6,7 @@ import numpy as np
 from gymnasium import spaces
 
 from cwm_rl.envs.base import CausalEnv, CausalVectorEnv, State, StepResult
+from cwm_rl.envs.render import PALETTE as _PALETTE
 from cwm_rl.envs.render import Canvas
 from cwm_rl.envs.validation import check_bool, check_choice, check_int, check_probability
 
@@ -25,19 +26,6 @@ N_STEP_UNIFORMS = 3
 _U_START, _U_TARGET = 0, MAX_OBJECTS
 _U_START_CTX, _U_TARGET_CTX = 2 * MAX_OBJECTS, 2 * MAX_OBJECTS + 1
 N_RESET_UNIFORMS = 2 * MAX_OBJECTS + 2
-
-_PALETTE = (
-    (230, 60, 60),
-    (60, 140, 240),
-    (70, 200, 90),
-    (245, 210, 50),
-    (180, 90, 230),
-    (245, 140, 40),
-    (60, 215, 215),
-    (240, 120, 190),
-    (150, 100, 60),
-    (235, 235, 235),
-)
 
 # How the suite registers this env: cwm/Chemistry-v0 and its out-of-distribution twin.
 SUITE_SPEC = {

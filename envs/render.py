@@ -7,6 +7,20 @@ from __future__ import annotations
 
 import numpy as np
 
+PALETTE = (
+    (230, 60, 60),
+    (60, 140, 240),
+    (70, 200, 90),
+    (245, 210, 50),
+    (180, 90, 230),
+    (245, 140, 40),
+    (60, 215, 215),
+    (240, 120, 190),
+    (150, 100, 60),
+    (235, 235, 235),
+)
+"""Ten distinct object colours shared by the suite's renderers."""
+
 
 class Canvas:
     """An RGB frame over a rectangular world of size ``world_w x world_h``, ``scale`` pixels per world unit."""

@@ -9,6 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from cwm_rl.envs.base import CausalEnv, CausalVectorEnv, State, StepResult
+from cwm_rl.envs.render import PALETTE as _PALETTE
 from cwm_rl.envs.render import Canvas
 from cwm_rl.envs.validation import check_float, check_int, check_probability
 from cwm_rl.errors import InvalidArgumentError
@@ -29,17 +30,6 @@ N_STEP_UNIFORMS = 4
 # Per reset: one uniform per start cell and one per goal cell, fixed at the largest object count so the count does
 # not depend on the kwargs (fewer objects read a prefix of each half).
 N_RESET_UNIFORMS = 2 * MAX_OBJECTS
-
-_PALETTE = (
-    (230, 80, 80),
-    (80, 160, 240),
-    (90, 200, 110),
-    (240, 200, 60),
-    (190, 110, 230),
-    (240, 140, 50),
-    (70, 210, 210),
-    (235, 120, 180),
-)
 
 # How the suite registers this env: cwm/WeightedBlocks-v0 and its out-of-distribution twin.
 SUITE_SPEC = {
