@@ -46,8 +46,10 @@ def _comparison_section(comparison: dict) -> list[str]:
         "",
         f"`benchmarks/wm_comparison.py`: {cfg['transitions']:,} random-policy transitions per env, {cfg['steps']} "
         f"gradient steps, d_model {cfg['d_model']}, seeds {cfg['seeds']} (mean ± std over seeds), on "
-        f"{_machine(comparison['machine'])}. *Sparse* = sparsity weight 0.05 on the cross-slot attention, *dense* = "
-        "0. Prediction MSE is one-step, teacher-forced, in normalised delta units; open-loop MSE (10 steps) is in "
+        f"{_machine(comparison['machine'])}. *Sparse* = sparsity weight "
+        f"{cfg['defaults']['sparsity_weight']} on the cross-slot attention ({cfg['defaults']['slot']['attention']} "
+        f"gates, {cfg['defaults']['slot']['n_layers']} layer(s)), *dense* = 0. Prediction MSE is one-step, "
+        "teacher-forced, in normalised delta units; open-loop MSE (10 steps) is in "
         'normalised observation units. Graph numbers are per-transition local graphs against `info["local_graph"]`, '
         "headline convention (self-edges excluded, action column included). OOD = the env's `-OOD-v0` twin. These "
         "are state-based numbers; SPARTAN's SHD 1.51 vs 6.37 on pixel-based Interventional Pong is a different "

@@ -28,11 +28,12 @@ from cwm_rl.wm_evaluation import SUMMARY_KEYS  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, evaluate_run, train_world_model  # noqa: E402
 
 SUITE = ["cwm/InterventionalPong-v0", "cwm/Chemistry-v0", "cwm/WeightedBlocks-v0", "cwm/Pusher2D-v0"]
+SPARSE = WMTrainConfig().sparsity_weight  # the default of `cwm-rl wm-train`
 # variant -> (model, sparsity weight)
 VARIANTS = {
-    "slot-ssm (sparse)": ("slot-ssm", 0.05),
+    "slot-ssm (sparse)": ("slot-ssm", SPARSE),
     "slot-ssm (dense)": ("slot-ssm", 0.0),
-    "slot-transformer (sparse)": ("slot-transformer", 0.05),
+    "slot-transformer (sparse)": ("slot-transformer", SPARSE),
     "slot-transformer (dense)": ("slot-transformer", 0.0),
     "mlp": ("mlp", 0.0),
     "oracle": ("oracle", 0.0),

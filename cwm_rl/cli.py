@@ -144,6 +144,30 @@ def _cmd_wm_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    # The CLI is the application layer: the one core module that reaches into cwm_rl.agents (lazily).
+    from cwm_rl.agents.training import TrainConfig, train
+    from cwm_rl.config import apply_overrides, load_yaml
+
+    cfg = load_yaml(TrainConfig, args.config) if args.config else TrainConfig()
+    flags = {
+        k: v
+        for k, v in (("env_id", args.env), ("agent", args.agent), ("steps", args.steps), ("seed", args.seed))
+        if v is not None
+    }
+    cfg = apply_overrides(cfg, {**flags, **parse_assignments(args.set, "--set")})
+    metrics = train(cfg, args.run_dir, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2, sort_keys=True))
+    else:
+        print(
+            f"{cfg.agent} on {metrics['env_id']}: final eval return {metrics['final_eval_return']:.3f} "
+            f"(best {metrics['best_eval_return']:.3f}) after {metrics['env_steps']} env steps, "
+            f"{metrics['wall_time_s']:.0f} s -> {args.run_dir}"
+        )
+    return 0
+
+
 def _cmd_wm_eval(args: argparse.Namespace) -> int:
     from cwm_rl.wm_evaluation import SUMMARY_KEYS
     from cwm_rl.wm_training import evaluate_run
@@ -265,6 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood-steps", type=int, default=2000, help="fresh transitions of the env's OOD twin (0: skip)")
     p.add_argument("--json", action="store_true", help="print every number as JSON (also saved to RUN_DIR/eval.json)")
     p.set_defaults(func=_cmd_wm_eval)
+
+    p = sub.add_parser(
+        "train",
+        help="train an agent (causal-mpc, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac, random) on an env",
+        description="Train an agent with periodic evaluation on separate eval envs. Writes RUN_DIR/config.yaml, "
+        "the agent checkpoint, metrics.json and TensorBoard events (tb/).",
+    )
+    p.add_argument("--env", help="a registered env id (see `cwm-rl envs`)")
+    p.add_argument("--agent", help="causal-mpc, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac or random")
+    p.add_argument("--steps", type=int, help="real env steps to train for")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--run-dir", required=True, metavar="DIR", help="where to write the run (must be new)")
+    p.add_argument("--config", metavar="FILE", help="YAML config (e.g. an earlier RUN_DIR/config.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable), e.g. --set eval_every=2000 --set mpc.planner.horizon=8",
+    )
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON (no progress bar)")
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

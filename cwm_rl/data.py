@@ -153,7 +153,7 @@ def collect(
     _check_destination(out, overwrite)
 
     start = time.perf_counter()
-    venv, spec_id = _make_vector_env(env_id, num_envs, kwargs, max_episode_steps)
+    venv, spec_id = make_vector_env(env_id, num_envs, kwargs, max_episode_steps)
     try:
         policy_fn, policy_name = _resolve_policy(policy, venv, int(seed))
         arrays = _rollout(venv, policy_fn, int(steps), int(seed), progress=progress, desc=spec_id)
@@ -173,9 +173,14 @@ def _check_positive_int(name: str, value: Any, what: str) -> None:
         raise InvalidArgumentError(f"{name}={value!r} must be a positive integer ({what})")
 
 
-def _make_vector_env(
-    env_id: str, num_envs: int, kwargs: dict[str, Any], max_episode_steps: int | None
+def make_vector_env(
+    env_id: str, num_envs: int, kwargs: dict[str, Any], max_episode_steps: int | None = None
 ) -> tuple[CausalVectorEnv, str]:
+    """The natively batched vector env of a registered causal env (one-line errors for bad ids and kwargs).
+
+    Returns the unwrapped :class:`CausalVectorEnv` (NEXT_STEP autoreset: the step after an episode's end is a
+    reset step, flagged by ``info["_local_graph"]`` False) and the resolved env id.
+    """
     spec = spec_of(env_id)
     if "max_episode_steps" in kwargs:
         raise InvalidArgumentError(

@@ -52,8 +52,13 @@ class Normalizer:
             [np.arange(ds.episode_starts[e], ds.episode_starts[e] + ds.episode_lengths[e]) for e in episodes]
         )
         t = ds.transitions
-        obs = t["obs"][rows].double()
-        delta = (t["next_obs"][rows] - t["obs"][rows]).double()
+        return cls.from_arrays(t["obs"][rows], t["next_obs"][rows], action_start)
+
+    @classmethod
+    def from_arrays(cls, obs: Any, next_obs: Any, action_start: int = 0) -> Normalizer:
+        """Statistics of transitions ``obs (n, obs_dim)`` -> ``next_obs`` (numpy arrays or tensors)."""
+        obs = torch.as_tensor(np.asarray(obs)).double()
+        delta = torch.as_tensor(np.asarray(next_obs)).double() - obs
 
         def std(x: torch.Tensor) -> torch.Tensor:
             s = x.std(dim=0, unbiased=False)

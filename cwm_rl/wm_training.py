@@ -49,7 +49,8 @@ class WMTrainConfig:
         batch_size: windows per gradient step.
         steps: gradient steps.
         lr: AdamW learning rate; ``weight_decay`` its decay.
-        sparsity_weight: weight of the cross-slot attention's sparsity penalty.
+        sparsity_weight: weight of the cross-slot attention's sparsity penalty (0.02: on Pong with hard gates, 0.05
+            and 0.5 closed the action edge (F1 0.76, 0.32), 0.02 kept every true edge).
         reward_weight: weight of the reward loss; ``termination_weight`` of the termination loss.
         val_fraction: share of episodes held out for validation.
         eval_every: gradient steps between evaluations (and checkpoints).
@@ -67,7 +68,7 @@ class WMTrainConfig:
     steps: int = 1000
     lr: float = 1e-3
     weight_decay: float = 0.0
-    sparsity_weight: float = 0.05
+    sparsity_weight: float = 0.02
     reward_weight: float = 1.0
     termination_weight: float = 0.1
     val_fraction: float = 0.1

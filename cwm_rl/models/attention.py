@@ -14,7 +14,15 @@ one, so an L1 penalty on them is a constant. Hence three kinds, selected by ``ki
 * ``"hard"`` — SPARTAN-style (Lei et al. 2025) hard edges: each edge is a Bernoulli(sigmoid(score)) sample drawn
   with the Gumbel-sigmoid trick and a straight-through estimator in training (0/1 in the forward pass, so a cut
   edge really stops information flow), thresholded at 0.5 in evaluation. Sparsity: the expected number of edges
-  (mean gate probability).
+  (mean gate probability). The gate multiplies its edge's softmax weight *after* the softmax (no
+  renormalisation over the open parents), so a lone open edge still gets a gradient; see :meth:`_hard_messages`.
+
+A gated model can pass information *through the gate itself*: a gate that closes exactly when the action is
+"no-op" tells the child "the action was no-op" without any message. For the action column of ``"hard"`` gates,
+``resample_closed_action`` (default on) therefore gives a closed action edge another sample's action in place of
+this one's (a random batch permutation in training, a fixed roll of the batch in evaluation), so closing it hides
+which action was taken. Slot parents are not resampled: there "closed" legitimately says "this parent's value is
+not in the range where it matters" (a ball far from the goal does not change the score).
 
 A ground-truth mask (the env's ``info["local_graph"]``) can gate any kind: that is the oracle model's upper bound.
 """
@@ -51,6 +59,9 @@ class SlotCrossAttention(nn.Module):
         gate_init: initial edge logit of gated kinds. Positive (default 3.0, p = 0.95) starts dense and lets the
             sparsity penalty prune: measured on Interventional Pong, gates that start at p = 0.5 drop half the
             parents at random from the first step and the model learned 2.6x worse predictions in 600 steps.
+        resample_closed_action: ``"hard"`` only: a closed action edge carries another sample's action (see the
+            module docstring). Measured on Interventional Pong (one layer, sparsity 0.02, 600 steps): the
+            action -> right paddle edge scored 0.68 without it (closed for no-op) and 1.0 with it; F1 0.83 -> 0.90.
     """
 
     def __init__(
@@ -61,6 +72,7 @@ class SlotCrossAttention(nn.Module):
         temperature: float = 0.5,
         threshold: float | None = None,
         gate_init: float = 3.0,
+        resample_closed_action: bool = True,
     ) -> None:
         super().__init__()
         if kind not in KINDS:
@@ -72,6 +84,7 @@ class SlotCrossAttention(nn.Module):
         self.d_head = d_model // n_heads
         self.temperature = temperature
         self.threshold = threshold
+        self.resample_closed_action = resample_closed_action and kind == "hard"
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -128,15 +141,57 @@ class SlotCrossAttention(nn.Module):
                 probs = probs * mask.to(probs.dtype)
             scores = probs
             penalty = probs.mean()
-            # Mix values by attention restricted to the gated parents; a row with no parent gets no message.
-            g = gates.unsqueeze(-3)
-            exp = torch.exp(logits - logits.amax(dim=-1, keepdim=True)) * g
-            weights = exp / (exp.sum(-1, keepdim=True) + 1e-9)
-            if self.kind == "sigmoid":
+            g = gates.unsqueeze(-3)  # (..., 1, n, m), shared by the heads
+            if self.kind == "hard":
+                messages = self._hard_messages(q, k, v, logits, g, mask)
+            else:
+                # Mix values by attention restricted to the gated parents; a row with no parent gets no message.
+                exp = torch.exp(logits - logits.amax(dim=-1, keepdim=True)) * g
+                weights = exp / (exp.sum(-1, keepdim=True) + 1e-9)
                 weights = weights * (g.sum(-1, keepdim=True) / (g.sum(-1, keepdim=True) + 1.0))
-            messages = weights @ v
+                messages = weights @ v
         out = messages.transpose(-3, -2).reshape(*lead, n, self.n_heads * self.d_head)
         return AttentionOutput(self.out_proj(out), scores, penalty)
+
+    def _hard_messages(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        logits: torch.Tensor,
+        g: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Softmax attention over every parent; each weight is then multiplied by its 0/1 gate.
+
+        The gate acts *after* the softmax: an edge that is the only open one keeps its share, so its gate still gets
+        a gradient that says how much the edge matters. Renormalising over the open parents made that gradient
+        exactly zero and the gates drifted shut (Pong F1 0.43 -> 0.83 at one layer). Known cost: the shares of
+        the open parents depend on the closed parents' keys, a weak side channel (see docs/design_notes.md).
+        """
+        other = self._other_sample(q) if mask is None and self.resample_closed_action else None
+        if other is not None:
+            # A closed action edge attends to, and reads, another sample's action token instead of this one's.
+            closed = 1.0 - g[..., -1:]
+            k_act, v_act = k[other][..., -1:, :], v[other][..., -1:, :]
+            other_logit = q @ k_act.transpose(-1, -2) / math.sqrt(self.d_head)
+            logits = torch.cat([logits[..., :-1], logits[..., -1:] * (1.0 - closed) + other_logit * closed], -1)
+        if mask is not None:  # oracle: the masked parents are not candidates at all
+            logits = logits.masked_fill(~mask.unsqueeze(-3), float("-inf"))
+        weights = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a fully masked row carries nothing
+        messages = (weights * g) @ v
+        if other is not None:
+            messages = messages + (weights[..., -1:] * closed) @ v_act
+        return messages
+
+    def _other_sample(self, x: torch.Tensor) -> torch.Tensor | None:
+        """For each sample of the leading batch axis, another one (never itself): the batch rolled by a random
+        shift in training (batches are shuffled, so the partner is random), by one in evaluation."""
+        b = x.shape[0]
+        if x.dim() < 4 or b < 2:  # no batch axis, or a batch of one: nothing to take from
+            return None
+        shift = int(torch.randint(1, b, ())) if self.training else 1
+        return torch.roll(torch.arange(b, device=x.device), shift)
 
     def _hard_gates(self, edge_logits: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         """0/1 gates: Gumbel-sigmoid samples with a straight-through gradient in training, a 0.5 threshold else."""

@@ -51,11 +51,15 @@ def test_oracle_mask_cuts_every_other_parent(kind):
     mask[:, 0, 2] = True  # child 0 may read slot 2 only
     mask[:, 1, N] = True  # child 1 may read the action only
     base = attn(slots, action, mask).out
+    # Move every slot but a child's parent and the child itself (its own state is its query, and a slot's own
+    # past reaches it through the residual stream anyway).
+    for child, others in ((0, [1, 3]), (1, [0, 2, 3])):
+        other = slots.clone()
+        other[:, others] += 1.0
+        torch.testing.assert_close(attn(other, action, mask).out[:, child], base[:, child])
     other = slots.clone()
-    other[:, [0, 1, 3]] += 1.0  # move every parent except slot 2
+    other[:, [0, 1, 3]] += 1.0
     moved = attn(other, action, mask).out
-    torch.testing.assert_close(moved[:, 0], base[:, 0])
-    torch.testing.assert_close(moved[:, 1], base[:, 1])
     # Children 2 and 3 have no parent: a zero message, so their output is exactly the projection bias.
     for child in (2, 3):
         torch.testing.assert_close(moved[:, child], attn.out_proj.bias.expand(B, D))
@@ -65,17 +69,71 @@ def test_oracle_mask_cuts_every_other_parent(kind):
     assert not torch.allclose(attn(other, action, mask).out[:, 0], base[:, 0])
 
 
-def test_hard_gates_are_binary_and_cut_information_in_eval():
+@pytest.mark.parametrize("resample", [False, True])
+def test_hard_gates_are_binary_and_cut_information_in_eval(resample):
     torch.manual_seed(0)
-    attn = SlotCrossAttention(D, kind="hard").eval()
+    attn = SlotCrossAttention(D, kind="hard", resample_closed_action=resample).eval()
     torch.nn.init.constant_(attn.edge_bias, -50.0)  # every edge closed
     slots, action = _inputs()
     out = attn(slots, action)
-    torch.testing.assert_close(out.out, attn.out_proj.bias.expand(B, N, D))
+    if not resample:  # nothing flows: the output is the projection bias
+        torch.testing.assert_close(out.out, attn.out_proj.bias.expand(B, N, D))
+    # Either way, a closed action edge does not carry the sample's own action. (Closed *slot* parents still shift
+    # the softmax shares of what does flow: the side channel documented in docs/design_notes.md.)
+    other_action = action.clone()
+    other_action[0] += 1.0
+    torch.testing.assert_close(attn(slots, other_action).out[0], out.out[0])
     torch.nn.init.constant_(attn.edge_bias, 0.0)
     a = attn(slots, action)
     b = attn(slots * 2.0, action)
     assert not torch.allclose(a.out, b.out)
+
+
+def test_closed_action_edge_reads_another_samples_action():
+    torch.manual_seed(0)
+    attn = SlotCrossAttention(D, kind="hard").eval()
+    torch.nn.init.constant_(attn.edge_bias, -50.0)  # every edge closed
+    slots, action = _inputs()
+    base = attn(slots, action).out
+    # In evaluation the batch is rolled by one: sample 1 reads sample 0's action, and only that.
+    moved = action.clone()
+    moved[0] += 1.0
+    out = attn(slots, moved).out
+    assert not torch.allclose(out[1], base[1])
+    torch.testing.assert_close(out[[0, 2]], base[[0, 2]])
+    # Without a batch axis, or with a batch of one, there is no other sample: a closed edge carries nothing.
+    single = attn(slots[:1], action[:1]).out
+    torch.testing.assert_close(single, attn.out_proj.bias.expand(1, N, D))
+    # Slot parents are never resampled: with only the action column resampled, moving sample 0's slots
+    # changes no other sample.
+    shifted = slots.clone()
+    shifted[0] += 1.0
+    torch.testing.assert_close(attn(shifted, action).out[1:], base[1:])
+
+
+def _projections(attn, slots, action):
+    q = attn.q_proj(slots).view(B, N, attn.n_heads, attn.d_head).transpose(1, 2)
+    parents = torch.cat([slots, action.unsqueeze(1)], dim=1)
+    k = attn.k_proj(parents).view(B, N + 1, attn.n_heads, attn.d_head).transpose(1, 2)
+    v = attn.v_proj(parents).view(B, N + 1, attn.n_heads, attn.d_head).transpose(1, 2)
+    return q, k, v, q @ k.transpose(-1, -2) / attn.d_head**0.5
+
+
+def test_hard_gate_multiplies_the_softmax_weight_so_a_lone_edge_stays_trainable():
+    torch.manual_seed(0)
+    attn = SlotCrossAttention(D, kind="hard", resample_closed_action=False).eval()
+    slots, action = _inputs()
+    q, k, v, logits = _projections(attn, slots, action)
+    gates = torch.zeros(B, 1, N, N + 1)
+    gates[:, :, 0, 2] = 1.0  # child 0 reads slot 2 only
+    gates.requires_grad_(True)
+    messages = attn._hard_messages(q, k, v, logits, gates, None)
+    # No renormalisation over the open parents: the lone edge keeps its share among all parents.
+    share = torch.softmax(logits, -1)[..., 0, 2]  # (B, H)
+    torch.testing.assert_close(messages[..., 0, :], share.unsqueeze(-1) * v[..., 2, :])
+    torch.testing.assert_close(messages[..., 1:, :], torch.zeros_like(messages[..., 1:, :]))  # closed rows: nothing
+    messages[..., 0, :].sum().backward()
+    assert gates.grad[:, 0, 0, 2].abs().min() > 0  # renormalising made this gradient exactly zero
 
 
 def test_hard_gates_train_with_straight_through_gradients():

@@ -1,0 +1,306 @@
+"""The model-based agent: a world model learned online, used for MPC with imagined rollouts.
+
+Loop (``learn``): act in the env's natively batched vector env, store real transitions (with their local graphs)
+in a bounded :class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer`, (re)train the world model on a schedule, and
+pick actions by planning: a planner of :mod:`cwm_rl.planning` proposes action sequences and
+:class:`~cwm_rl.planning.imagination.Imagination` scores them with the model's recurrent ``step``.
+
+Agent ids and their world models: ``causal-mpc`` (slot SSM with sparse cross-attention), ``transformer-mpc``
+(the equivalent slot Transformer), ``mlp-mpc`` (dense MLP, no graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
+from cwm_rl.config import ConfigError, apply_overrides, from_dict, to_dict
+from cwm_rl.data import make_vector_env
+from cwm_rl.errors import InvalidArgumentError
+from cwm_rl.models.factory import make_world_model
+from cwm_rl.models.world_model import SlotModelConfig
+from cwm_rl.planning import PlannerConfig, make_planner, validate_config
+from cwm_rl.planning.imagination import Imagination
+from cwm_rl.wm_evaluation import Normalizer
+from cwm_rl.wm_training import WMTrainConfig, world_model_loss
+
+from .sequence_buffer import SequenceBuffer
+
+MPC_AGENTS = {"causal-mpc": "slot-ssm", "transformer-mpc": "slot-transformer", "mlp-mpc": "mlp"}
+"""Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
+
+
+@dataclass
+class MPCConfig:
+    """Everything the model-based agent depends on (``--set`` addresses these keys).
+
+    Attributes:
+        model: world model kind; set from the agent id.
+        n_envs: sub-envs of the training vector env.
+        seed_steps: env steps with uniformly random actions before the first model fit.
+        train_every: env steps between world-model refits.
+        first_updates: gradient steps of the first fit; ``updates`` of every later one.
+        buffer_size: real transitions kept (FIFO), so memory stays bounded in long runs.
+        window, batch_size, lr, sparsity_weight: world-model training (as in ``cwm-rl wm-train``).
+        discount: discount of imagined rewards.
+        threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
+        planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).
+        slot: the slot models' architecture; ``mlp_hidden``/``mlp_layers`` the MLP's.
+    """
+
+    model: str = "slot-ssm"
+    n_envs: int = 8
+    seed_steps: int = 2000
+    train_every: int = 1000
+    first_updates: int = 600
+    updates: int = 150
+    buffer_size: int = 100_000
+    window: int = 16
+    batch_size: int = 32
+    lr: float = 1e-3
+    sparsity_weight: float = 0.02
+    discount: float = 0.99
+    threads: int = 1
+    planner: PlannerConfig = field(default_factory=lambda: PlannerConfig(name="auto"))
+    slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=32))
+    mlp_hidden: int = 256
+    mlp_layers: int = 3
+
+
+def check_mpc_config(cfg: MPCConfig) -> None:
+    """One line per value that cannot work."""
+    if cfg.model not in MPC_AGENTS.values():
+        raise ConfigError(f"model={cfg.model!r} is not one of {sorted(set(MPC_AGENTS.values()))}")
+    for name in ("n_envs", "train_every", "first_updates", "window", "batch_size", "buffer_size", "threads"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
+    for name in ("seed_steps", "updates"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.buffer_size < cfg.window * cfg.n_envs:
+        raise ConfigError(f"buffer_size={cfg.buffer_size} must hold at least window * n_envs transitions")
+    if not (0.0 < cfg.discount <= 1.0):
+        raise ConfigError(f"discount={cfg.discount} must be in (0, 1]")
+    validate_config(cfg.planner)
+
+
+class MPCAgent:
+    """Model-based agent: online world model + MPC (the agent protocol of :mod:`cwm_rl.agents.base`).
+
+    Args:
+        env_id: a registered causal env.
+        config: the agent's config (default: :class:`MPCConfig`).
+        seed: seeds the envs, the random seed actions, the planner and torch; a CPU run is reproduced exactly.
+        env_kwargs: env constructor arguments.
+        log: optional ``callable(tag, value, step)`` for scalars (the training script passes TensorBoard's).
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        config: MPCConfig | None = None,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+        log: Callable[[str, float, int], None] | None = None,
+    ) -> None:
+        self.config = cfg = config or MPCConfig()
+        check_mpc_config(cfg)
+        self.seed = int(seed)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.log = log
+        torch.manual_seed(self.seed)
+        self.env, self.env_id = make_vector_env(env_id, cfg.n_envs, self.env_kwargs)
+        self.action_space = self.env.single_action_space
+        self.slot_names = tuple(self.env.slot_names)
+        self.slot_dims = [s.stop - s.start for s in self.env.slot_slices.values()]
+        if isinstance(self.action_space, spaces.Discrete):
+            self.action_spec = ("discrete", int(self.action_space.n))
+            self.action_start = int(self.action_space.start)
+        elif isinstance(self.action_space, spaces.Box):
+            self.action_spec = ("continuous", int(np.prod(self.action_space.shape)))
+            self.action_start = 0
+        else:
+            raise InvalidArgumentError(f"{self.env_id} has action space {self.action_space}; MPC needs Discrete or Box")
+        self.model: nn.Module = make_world_model(
+            cfg.model, self.slot_dims, self.action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers
+        )
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
+        self.norm: Normalizer | None = None
+        self.buffer = SequenceBuffer(cfg.n_envs, cfg.buffer_size, cfg.window)
+        self._rng = np.random.default_rng(self.seed)
+        self.action_space.seed(self.seed)
+        self.env.action_space.seed(self.seed)
+        self._planners: dict[int, Any] = {}
+        self.num_timesteps = 0
+        self.model_updates = 0
+        self._since_fit = 0
+        self._obs: np.ndarray | None = None
+        self._ep_return = np.zeros(cfg.n_envs)
+        self.episode_returns: list[float] = []
+
+    # ------------------------------------------------------------------ acting
+    @property
+    def model_ready(self) -> bool:
+        """True once the world model has been fitted (before that the agent acts at random)."""
+        return self.norm is not None
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        """Plan from each row of ``obs (n, obs_dim)``; random actions while the model is untrained."""
+        obs = np.asarray(obs, dtype=np.float32)
+        if obs.ndim != 2 or obs.shape[1] != sum(self.slot_dims):
+            raise InvalidArgumentError(
+                f"observations must have shape (n, {sum(self.slot_dims)}) for {self.env_id}, got {obs.shape}"
+            )
+        if not np.isfinite(obs).all():
+            raise InvalidArgumentError("observations contain NaN or inf; check the env or the wrapper feeding them")
+        if not self.model_ready:
+            return np.stack([self.action_space.sample() for _ in range(len(obs))])
+        torch.set_num_threads(self.config.threads)
+        planner = self._planner(len(obs))
+        imagination = Imagination(self.model, self.norm, self.config.discount)
+        return planner.plan(lambda actions: imagination.returns(obs, actions))
+
+    def _planner(self, batch: int):
+        if batch not in self._planners:
+            self._planners[batch] = make_planner(self.action_space, self.config.planner, batch, seed=self.seed + batch)
+        return self._planners[batch]
+
+    # ------------------------------------------------------------------ learning
+    def learn(self, total_env_steps: int, callback: Callable[[MPCAgent], bool] | None = None) -> MPCAgent:
+        """Interact for ``total_env_steps`` more real env steps (summed over sub-envs).
+
+        ``callback(agent)`` runs after every vector step; returning False stops early.
+        """
+        if total_env_steps < 1:
+            raise InvalidArgumentError(f"total_env_steps={total_env_steps} must be a positive integer")
+        cfg = self.config
+        torch.set_num_threads(cfg.threads)
+        target = self.num_timesteps + int(total_env_steps)
+        if self._obs is None:
+            self._obs, _ = self.env.reset(seed=self.seed)
+        while self.num_timesteps < target:
+            if self.num_timesteps < cfg.seed_steps or not self.model_ready:
+                action = self.env.action_space.sample()
+            else:
+                action = self.predict(self._obs)
+            next_obs, reward, terminated, truncated, info = self.env.step(action)
+            valid = np.asarray(info["_local_graph"], dtype=bool)  # False on autoreset steps: not a transition
+            ended = valid & (terminated | truncated)
+            step = {
+                "obs": self._obs,
+                "action": np.asarray(action),
+                "reward": np.asarray(reward, dtype=np.float32),
+                "next_obs": next_obs,
+                "terminated": np.asarray(terminated, dtype=bool),
+                "local_graph": np.asarray(info["local_graph"], dtype=bool),
+            }
+            self.buffer.add(step, valid, ended)
+            self._ep_return += np.where(valid, reward, 0.0)
+            for i in np.flatnonzero(ended):
+                self.episode_returns.append(float(self._ep_return[i]))
+                self._emit("rollout/episode_return", float(self._ep_return[i]))
+                self._ep_return[i] = 0.0
+            if ended.any():
+                self._planner(cfg.n_envs).reset(ended)
+            n_new = int(valid.sum())
+            self.num_timesteps += n_new
+            self._since_fit += n_new
+            self._obs = next_obs
+            if self.num_timesteps >= cfg.seed_steps and (not self.model_ready or self._since_fit >= cfg.train_every):
+                if self.buffer.window_starts().shape[0] > 0:
+                    self.fit_world_model(cfg.updates if self.model_ready else cfg.first_updates)
+            if callback is not None and callback(self) is False:
+                break
+        return self
+
+    def fit_world_model(self, updates: int) -> dict[str, float]:
+        """``updates`` gradient steps on windows from the buffer; returns the mean loss parts."""
+        cfg = self.config
+        if self.norm is None:  # statistics of the seed data; kept fixed so the model's inputs do not drift
+            data = self.buffer.arrays()
+            self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.action_start)
+        loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
+        self.model.train()
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        for _ in range(updates):
+            batch = self.buffer.sample(cfg.batch_size, self._rng)
+            loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg)
+            self.optim.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optim.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        self.model.eval()
+        self.model_updates += updates
+        self._since_fit = 0
+        means = {k: v / max(updates, 1) for k, v in sums.items()}
+        for k, v in means.items():
+            self._emit(f"world_model/{k}", v)
+        self._emit("world_model/fit_seconds", time.perf_counter() - start)
+        return means
+
+    def _emit(self, tag: str, value: float) -> None:
+        if self.log is not None:
+            self.log(tag, value, self.num_timesteps)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Weights, normaliser, optimiser and config in one file, written atomically."""
+        payload = {
+            "model_state": self.model.state_dict(),
+            "optim_state": self.optim.state_dict(),
+            "normalizer": self.norm.state() if self.norm is not None else None,
+            "num_timesteps": self.num_timesteps,
+            "model_updates": self.model_updates,
+        }
+        manifest = {
+            "kind": "mpc_agent",
+            "env_id": self.env_id,
+            "model": self.config.model,
+            "config": to_dict(self.config),
+            "seed": self.seed,
+            "env_kwargs": self.env_kwargs,
+            "step": self.num_timesteps,
+        }
+        return save_checkpoint(path, payload, manifest)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env_id: str | None = None) -> MPCAgent:
+        """Rebuild a saved agent (its world model and normaliser); ``env_id`` must match if given."""
+        expect = {"kind": "mpc_agent", **({"env_id": env_id} if env_id else {})}
+        data = load_checkpoint(path, expect=expect)
+        manifest = data["manifest"]
+        cfg = from_dict(MPCConfig, manifest["config"], where=str(path))
+        agent = cls(manifest["env_id"], cfg, seed=manifest["seed"], env_kwargs=manifest.get("env_kwargs"))
+        agent.model.load_state_dict(data["model_state"])
+        agent.optim.load_state_dict(data["optim_state"])
+        if data["normalizer"] is not None:
+            agent.norm = Normalizer.from_state(data["normalizer"])
+        agent.num_timesteps = int(data["num_timesteps"])
+        agent.model_updates = int(data["model_updates"])
+        agent.model.eval()
+        return agent
+
+
+def mpc_config_for(agent_id: str, overrides: dict[str, Any] | None = None) -> MPCConfig:
+    """The default config of an MPC agent id with dotted-key ``overrides`` applied."""
+    if agent_id not in MPC_AGENTS:
+        raise InvalidArgumentError(f"unknown MPC agent {agent_id!r}; choose one of {sorted(MPC_AGENTS)}")
+    cfg = dataclasses.replace(MPCConfig(), model=MPC_AGENTS[agent_id])
+    return apply_overrides(cfg, overrides or {})
+
+
+__all__ = ["MPC_AGENTS", "MPCAgent", "MPCConfig", "check_mpc_config", "mpc_config_for"]

@@ -1,0 +1,198 @@
+"""The training script behind ``cwm-rl train``: any agent, any registered env, one run directory.
+
+A run directory holds ``config.yaml`` (the full resolved :class:`TrainConfig`; ``--config RUN_DIR/config.yaml``
+re-runs it), TensorBoard events under ``tb/``, the agent checkpoint (``agent.pt`` for model-based agents,
+``agent.zip`` for SB3), and ``metrics.json`` (final and best evaluation return, the evaluation curve, env steps,
+wall time). Evaluation follows one fixed protocol for every agent (:mod:`cwm_rl.agents.evaluation`), every
+``eval_every`` env steps and at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cwm_rl.config import ConfigError, save_yaml, to_dict
+from cwm_rl.envs import spec_of
+
+from .evaluation import evaluate_agent
+from .model_based import MPC_AGENTS, MPCAgent, MPCConfig
+from .random_agent import RandomAgent
+from .sb3_baselines import SB3_ALGOS, SB3Agent
+
+AGENTS = (*MPC_AGENTS, *SB3_ALGOS, "random")
+"""Every agent id ``cwm-rl train --agent`` accepts."""
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        env_id: a registered env id.
+        agent: one of :data:`AGENTS`.
+        steps: real env steps to train for (summed over sub-envs).
+        seed: seeds the agent, its envs and the evaluation episodes.
+        eval_every: env steps between evaluations (and checkpoints).
+        eval_episodes: episodes per evaluation (deterministic actions, fixed seeds).
+        env_kwargs: env constructor arguments.
+        mpc: the model-based agents' config (``--set mpc.planner.horizon=8``); ``mpc.model`` follows ``agent``.
+        sb3_kwargs: SB3 hyperparameter overrides, merged over ``agents/configs/<algo>.yaml``.
+    """
+
+    env_id: str = ""
+    agent: str = "causal-mpc"
+    steps: int = 20_000
+    seed: int = 0
+    eval_every: int = 5_000
+    eval_episodes: int = 5
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    mpc: MPCConfig = field(default_factory=MPCConfig)
+    sb3_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """One line per value that cannot work (before anything is written)."""
+    if not cfg.env_id:
+        raise ConfigError("no env given: pass --env ID (see `cwm-rl envs`)")
+    spec_of(cfg.env_id)  # UnknownEnvError with the known ids
+    if cfg.agent not in AGENTS:
+        raise ConfigError(f"agent={cfg.agent!r} is not one of {', '.join(AGENTS)}")
+    for name in ("steps", "eval_every", "eval_episodes"):
+        value = getattr(cfg, name)
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be a positive integer")
+    if cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed} must be >= 0")
+
+
+def make_agent(cfg: TrainConfig, tensorboard_dir: str | None = None, log: Callable | None = None) -> Any:
+    """Build the agent of ``cfg`` (the Python API behind ``cwm-rl train``)."""
+    if cfg.agent in MPC_AGENTS:
+        cfg.mpc.model = MPC_AGENTS[cfg.agent]
+        return MPCAgent(cfg.env_id, cfg.mpc, seed=cfg.seed, env_kwargs=cfg.env_kwargs, log=log)
+    if cfg.agent in SB3_ALGOS:
+        return SB3Agent(
+            cfg.agent,
+            cfg.env_id,
+            seed=cfg.seed,
+            hyperparams=cfg.sb3_kwargs,
+            tensorboard_log=tensorboard_dir,
+            env_kwargs=cfg.env_kwargs,
+        )
+    return RandomAgent(cfg.env_id, seed=cfg.seed, env_kwargs=cfg.env_kwargs)
+
+
+def checkpoint_name(agent_id: str) -> str:
+    """File name of an agent's checkpoint in its run directory."""
+    return "agent.zip" if agent_id in SB3_ALGOS else "agent.pt" if agent_id in MPC_AGENTS else "agent.json"
+
+
+class _Evaluator:
+    """Evaluates, logs and checkpoints every ``eval_every`` env steps; drives the progress bar."""
+
+    def __init__(self, cfg: TrainConfig, run: Path, writer: Any, progress: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.cfg, self.run, self.writer = cfg, run, writer
+        self.next_at = cfg.eval_every
+        self.curve: list[dict[str, float]] = []
+        self.start = time.perf_counter()
+        self.bar = tqdm(total=cfg.steps, desc=f"train {cfg.agent}", unit="step", disable=None if progress else True)
+
+    def __call__(self, agent: Any) -> bool:
+        self.bar.n = min(agent.num_timesteps, self.cfg.steps)
+        self.bar.refresh()
+        if agent.num_timesteps >= self.next_at:
+            self.evaluate(agent)
+            while self.next_at <= agent.num_timesteps:
+                self.next_at += self.cfg.eval_every
+        return True
+
+    def evaluate(self, agent: Any) -> dict[str, Any]:
+        result = evaluate_agent(agent, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.cfg.env_kwargs)
+        point = {
+            "env_steps": int(agent.num_timesteps),
+            "mean_return": result["mean_return"],
+            "std_return": result["std_return"],
+            "wall_time_s": round(time.perf_counter() - self.start, 3),
+        }
+        self.curve.append(point)
+        if self.writer is not None:
+            self.writer.add_scalar("eval/mean_return", result["mean_return"], agent.num_timesteps)
+            self.writer.add_scalar("eval/std_return", result["std_return"], agent.num_timesteps)
+            self.writer.flush()
+        self.bar.set_postfix(eval_return=f"{result['mean_return']:.2f}")
+        agent.save(self.run / checkpoint_name(self.cfg.agent))
+        return point
+
+
+def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.agent`` on ``cfg.env_id``; returns the final metrics (also ``RUN_DIR/metrics.json``)."""
+    check_train_config(cfg)
+    run = Path(run_dir)
+    if (run / "config.yaml").exists():
+        raise ConfigError(f"run directory {str(run)!r} already holds a run; choose a new --run-dir")
+    from torch.utils.tensorboard import SummaryWriter
+
+    # The agent is built first: a bad agent/env pair, config key or kwarg fails before anything is written.
+    writer: SummaryWriter | None = None
+    agent = make_agent(
+        cfg, str(run / "tb"), log=lambda tag, value, step: writer and writer.add_scalar(tag, value, step)
+    )
+    run.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run / "config.yaml")
+    writer = SummaryWriter(str(run / "tb"))
+    evaluator = _Evaluator(cfg, run, writer, progress)
+    try:
+        if cfg.agent in SB3_ALGOS:
+            agent.learn(cfg.steps, callback=_sb3_callback(evaluator, agent))
+        elif cfg.agent in MPC_AGENTS:
+            agent.learn(cfg.steps, callback=evaluator)
+        else:
+            while agent.num_timesteps < cfg.steps:
+                agent.learn(min(cfg.eval_every, cfg.steps - agent.num_timesteps), callback=evaluator)
+        if not evaluator.curve or evaluator.curve[-1]["env_steps"] != agent.num_timesteps:
+            evaluator.evaluate(agent)  # the final policy is always evaluated
+    finally:
+        evaluator.bar.close()
+        writer.close()
+        if hasattr(agent, "close"):
+            agent.close()
+    best = max(evaluator.curve, key=lambda p: p["mean_return"])
+    metrics = {
+        "env_id": spec_of(cfg.env_id).id,
+        "agent": cfg.agent,
+        "seed": cfg.seed,
+        "env_steps": int(agent.num_timesteps),
+        "final_eval_return": evaluator.curve[-1]["mean_return"],
+        "final_eval_std": evaluator.curve[-1]["std_return"],
+        "best_eval_return": best["mean_return"],
+        "best_eval_env_steps": best["env_steps"],
+        "curve": evaluator.curve,
+        "wall_time_s": round(time.perf_counter() - evaluator.start, 3),
+        "config": to_dict(cfg),
+    }
+    tmp = run / ".metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, run / "metrics.json")
+    return metrics
+
+
+def _sb3_callback(evaluator: _Evaluator, agent: SB3Agent) -> Any:
+    """The evaluator as an SB3 callback (called after every vector-env step)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Callback(BaseCallback):
+        def _on_step(self) -> bool:
+            return evaluator(agent)
+
+    return _Callback()
+
+
+__all__ = ["AGENTS", "TrainConfig", "check_train_config", "checkpoint_name", "make_agent", "train"]

@@ -1,0 +1,162 @@
+"""The model-based agent: its sequence buffer, the imagination path and the MPC agent's loop, at tiny budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cwm_rl.agents.model_based import MPCAgent, mpc_config_for
+from cwm_rl.agents.sequence_buffer import SequenceBuffer
+from cwm_rl.config import ConfigError
+from cwm_rl.errors import InvalidArgumentError
+
+TINY = {
+    "n_envs": 2,
+    "seed_steps": 64,
+    "train_every": 64,
+    "first_updates": 4,
+    "updates": 2,
+    "window": 4,
+    "batch_size": 4,
+    "planner.population": 16,
+    "planner.horizon": 3,
+    "planner.iterations": 2,
+    "slot.d_model": 16,
+}
+
+
+def _step(n_envs: int, t: int) -> dict[str, np.ndarray]:
+    return {
+        "obs": np.full((n_envs, 2), t, np.float32),
+        "action": np.zeros(n_envs, np.int64),
+        "reward": np.zeros(n_envs, np.float32),
+        "next_obs": np.full((n_envs, 2), t + 1, np.float32),
+        "terminated": np.zeros(n_envs, bool),
+        "local_graph": np.zeros((n_envs, 1, 2), bool),
+    }
+
+
+def test_buffer_windows_never_cross_an_episode_end_or_an_autoreset_step():
+    buf = SequenceBuffer(n_envs=2, capacity=1000, window=3)
+    ends = {2: [True, False], 5: [False, True]}  # env 0 ends at t=2, env 1 at t=5
+    for t in range(8):
+        valid = np.array([t != 3, t != 6])  # the step after an end is the autoreset step
+        buf.add(_step(2, t), valid, np.array(ends.get(t, [False, False])))
+    starts = {tuple(x) for x in buf.window_starts()}
+    # env 0: windows [0,1,2] (ends at its last step) and [4,5,6], [5,6,7]; never across t=3.
+    assert {(t, 0) for t in (0, 4, 5)} == {s for s in starts if s[1] == 0}
+    # env 1: [0..2], [1..3], [2..4], [3..5]; none containing t=6; [7..9] does not exist yet.
+    assert {(t, 1) for t in (0, 1, 2, 3)} == {s for s in starts if s[1] == 1}
+    batch = buf.sample(5, np.random.default_rng(0))
+    assert batch["obs"].shape == (5, 3, 2)
+    assert (batch["next_obs"][:, :, 0] == batch["obs"][:, :, 0] + 1).all()
+    assert len(buf) == 8 * 2 - 2
+
+
+def test_buffer_is_bounded():
+    buf = SequenceBuffer(n_envs=2, capacity=20, window=3)
+    for t in range(100):
+        buf.add(_step(2, t), np.ones(2, bool), np.zeros(2, bool))
+    assert len(buf) <= 2 * 20
+    assert buf.arrays()["obs"][:, 0].min() >= 100 - 20  # the oldest steps are gone
+
+
+class _LineModel(torch.nn.Module):
+    """A world model with known dynamics: obs += action, reward = obs[0] after the step, terminates at step 2."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch)
+
+    def step(self, state, obs, action, mask=None):
+        from cwm_rl.models.world_model import Prediction
+
+        delta = action.float().unsqueeze(-1).expand_as(obs)
+        term = torch.where(state == 1, 100.0, -100.0)  # "terminates" on the second step
+        return Prediction(delta, (obs + delta)[:, 0], term, None, torch.zeros(())), state + 1
+
+
+def test_imagination_returns_are_discounted_and_stop_at_predicted_termination():
+    from cwm_rl.planning.imagination import Imagination
+    from cwm_rl.wm_evaluation import Normalizer
+
+    norm = Normalizer(torch.zeros(1), torch.ones(1), torch.zeros(1), torch.ones(1))
+    imagination = Imagination(_LineModel(), norm, discount=0.5)
+    obs = np.array([[0.0], [10.0]], np.float32)
+    actions = torch.tensor([[[1, 1, 1, 1], [2, 0, 0, 0]], [[0, 0, 0, 0], [1, 1, 1, 1]]])  # (batch 2, pop 2, H 4)
+    returns = imagination.returns(obs, actions)
+    # Rewards after steps 1, 2 (the terminating step counts; nothing after it): r1 + 0.5 r2.
+    expected = torch.tensor([[1 + 0.5 * 2, 2 + 0.5 * 2], [10 + 0.5 * 10, 11 + 0.5 * 12]])
+    torch.testing.assert_close(returns, expected, atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def trained_agent():
+    agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", TINY), seed=3)
+    agent.learn(160)
+    return agent
+
+
+def test_agent_learns_a_model_and_plans_valid_actions(trained_agent):
+    agent = trained_agent
+    assert agent.num_timesteps >= 160 and agent.model_ready
+    assert agent.model_updates == 4 + 2  # first fit at 64 steps, one refit 64 steps later
+    actions = agent.predict(np.asarray(agent._obs))
+    assert actions.shape == (2,) and all(agent.action_space.contains(a) for a in actions)
+    assert len(agent.buffer) == agent.num_timesteps
+
+
+def test_same_seed_same_run():
+    runs = []
+    for _ in range(2):
+        agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", TINY), seed=1)
+        agent.learn(100)
+        runs.append((agent.model.state_dict(), agent.predict(np.asarray(agent._obs))))
+    for k, v in runs[0][0].items():
+        torch.testing.assert_close(runs[1][0][k], v, rtol=0, atol=0)
+    np.testing.assert_array_equal(runs[0][1], runs[1][1])
+
+
+def test_save_load_round_trip(trained_agent, tmp_path):
+    path = trained_agent.save(tmp_path / "agent.pt")
+    loaded = MPCAgent.load(path, env_id="cwm/InterventionalPong-v0")
+    assert loaded.num_timesteps == trained_agent.num_timesteps and loaded.model_ready
+    for k, v in trained_agent.model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[k], v)
+    from cwm_rl.planning.imagination import Imagination
+
+    actions = torch.randint(0, 3, (2, 5, 3))
+    obs = np.asarray(trained_agent._obs)
+    a = Imagination(trained_agent.model, trained_agent.norm).returns(obs, actions)
+    b = Imagination(loaded.model, loaded.norm).returns(obs, actions)
+    torch.testing.assert_close(a, b)
+    with pytest.raises(Exception, match="env_id"):
+        MPCAgent.load(path, env_id="cwm/Chemistry-v0")
+
+
+def test_continuous_env_plans_inside_the_box():
+    agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=0)
+    agent.learn(80)
+    actions = agent.predict(np.asarray(agent._obs))
+    assert actions.shape == (2, *agent.action_space.shape)
+    assert (actions >= agent.action_space.low).all() and (actions <= agent.action_space.high).all()
+
+
+def test_bad_input():
+    with pytest.raises(InvalidArgumentError, match="unknown MPC agent"):
+        mpc_config_for("causal-ppo")
+    with pytest.raises(ConfigError, match="plannr"):
+        mpc_config_for("causal-mpc", {"plannr.horizon": 3})
+    with pytest.raises(ConfigError, match="n_envs"):
+        MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "n_envs": 0}))
+    agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", TINY))
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        agent.predict(np.zeros((2, 3), np.float32))
+    with pytest.raises(InvalidArgumentError, match="NaN"):
+        agent.predict(np.full((2, sum(agent.slot_dims)), np.nan, np.float32))
+    with pytest.raises(InvalidArgumentError, match="total_env_steps"):
+        agent.learn(0)

@@ -1,0 +1,110 @@
+"""The training script (``cwm-rl train`` and its Python API): run directory, evaluation protocol, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cwm_rl.agents.evaluation import evaluate_agent
+from cwm_rl.agents.random_agent import RandomAgent
+from cwm_rl.agents.training import TrainConfig, train
+from cwm_rl.cli import main
+from cwm_rl.config import ConfigError, load_yaml, to_dict
+
+TINY_MPC = {
+    "n_envs": 2,
+    "seed_steps": 50,
+    "train_every": 50,
+    "first_updates": 3,
+    "updates": 1,
+    "window": 4,
+    "batch_size": 4,
+    "planner": {"population": 8, "horizon": 2, "iterations": 1},
+    "slot": {"d_model": 16},
+}
+
+
+def _read(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def test_random_agent_run_writes_a_complete_run_dir(tmp_path):
+    cfg = TrainConfig(env_id="cwm/Chemistry-v0", agent="random", steps=100, eval_every=50, eval_episodes=3)
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.json", "agent.json", "tb"}
+    assert to_dict(load_yaml(TrainConfig, run / "config.yaml")) == to_dict(cfg)  # re-runnable
+    assert [p["env_steps"] for p in metrics["curve"]] == [50, 100]
+    assert metrics == _read(run) | {"config": metrics["config"]}
+    assert metrics["best_eval_return"] == max(p["mean_return"] for p in metrics["curve"])
+    # The fixed protocol: the same agent seed scores the same episodes.
+    again = evaluate_agent(RandomAgent("cwm/Chemistry-v0", seed=0), "cwm/Chemistry-v0", episodes=3, seed=0)
+    assert again["mean_return"] == metrics["curve"][0]["mean_return"]
+
+
+def test_ppo_run_is_reproducible(tmp_path):
+    cfg = TrainConfig(
+        env_id="cwm/Chemistry-v0",
+        agent="ppo",
+        steps=128,
+        eval_every=64,
+        eval_episodes=2,
+        sb3_kwargs={"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1},
+    )
+    a = train(cfg, tmp_path / "a", progress=False)
+    b = train(cfg, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "agent.zip").is_file()
+    assert a["env_steps"] == 128
+    for key in ("curve", "final_eval_return", "best_eval_return"):
+        strip = (lambda v: [{k: x for k, x in p.items() if k != "wall_time_s"} for p in v]) if key == "curve" else None
+        assert (strip(a[key]) if strip else a[key]) == (strip(b[key]) if strip else b[key])
+
+
+def test_causal_mpc_run(tmp_path):
+    from cwm_rl.agents.model_based import MPCAgent, MPCConfig
+    from cwm_rl.config import from_dict
+
+    cfg = TrainConfig(
+        env_id="cwm/Chemistry-v0",
+        agent="causal-mpc",
+        steps=120,
+        eval_every=60,
+        eval_episodes=2,
+        mpc=from_dict(MPCConfig, TINY_MPC),
+    )
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    assert metrics["env_steps"] >= 120 and len(metrics["curve"]) == 2
+    agent = MPCAgent.load(tmp_path / "run" / "agent.pt", env_id="cwm/Chemistry-v0")
+    assert agent.model_ready and agent.config.model == "slot-ssm"
+
+
+def test_existing_run_dir_is_never_overwritten(tmp_path):
+    cfg = TrainConfig(env_id="cwm/Chemistry-v0", agent="random", steps=20, eval_every=20, eval_episodes=1)
+    train(cfg, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "metrics.json").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "cwm/Nope-v0", "--agent", "ppo"], "unknown env id"),
+        (["--env", "cwm/Chemistry-v0", "--agent", "dqnn"], "is not one of"),
+        (["--env", "cwm/Pusher2D-v0", "--agent", "dqn"], "dqn needs a Discrete action space"),
+        (["--env", "cwm/Chemistry-v0", "--agent", "sac"], "sac needs a Box action space"),
+        (["--env", "cwm/Chemistry-v0", "--agent", "ppo", "--steps", "0"], "steps=0 must be a positive integer"),
+        (["--env", "cwm/Chemistry-v0", "--set", "mpc.planer.horizon=3"], "did you mean 'mpc.planner"),
+        (["--env", "cwm/Chemistry-v0", "--set", "mpc.planner.horizon=0"], "horizon"),
+        (["--env", "cwm/Chemistry-v0", "--agent", "ppo", "--set", "sb3_kwargs={learning_rat: 0.1}"], "learning_rate"),
+        (["--agent", "ppo"], "no env given"),
+    ],
+)
+def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):
+    run = tmp_path / "run"
+    assert main(["train", *args, "--run-dir", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not run.exists()
