@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -168,6 +170,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cwm_rl.agents.compare import evaluate_run
+
+    result = evaluate_run(args.run_dir, episodes=args.episodes, env_id=args.env)
+    out = Path(args.run_dir) / "eval.json"
+    tmp = out.with_name(".eval.json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(
+            f"{result['agent']} on {result['env_id']}: mean return {result['mean_return']:.3f} ± "
+            f"{result['std_return']:.3f} over {result['episodes']} episodes -> {out}"
+        )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from cwm_rl.agents.compare import compare_runs
+
+    print(compare_runs(args.run_dirs, args.out, threshold=args.threshold), end="")
+    print(f"curves: {Path(args.out) / 'curves.png'}  table: {Path(args.out) / 'comparison.md'}")
+    return 0
+
+
 def _cmd_wm_eval(args: argparse.Namespace) -> int:
     from cwm_rl.wm_evaluation import SUMMARY_KEYS
     from cwm_rl.wm_training import evaluate_run
@@ -310,6 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON (no progress bar)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained agent with the fixed protocol (writes RUN_DIR/eval.json)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a `cwm-rl train` run directory")
+    p.add_argument("--episodes", type=int, default=10, help="deterministic episodes on fixed-seed eval envs")
+    p.add_argument("--env", help="evaluate on another env id, e.g. the -OOD-v0 twin")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser(
+        "compare",
+        help="learning curves (PNG) and a Markdown table over several runs",
+        description="Group runs by (env, agent), average over seeds; list the baseline first: its final return "
+        "is the default threshold for 'steps to threshold'.",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write curves.png and comparison.md")
+    p.add_argument("--threshold", type=float, help="return threshold (default: the first group's final return)")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 

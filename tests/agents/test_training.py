@@ -108,3 +108,47 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, m
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not run.exists()
+
+
+def test_eval_and_compare_commands(tmp_path, capsys):
+    runs = []
+    for agent, seed in (("random", 0), ("random", 1), ("ppo", 0)):
+        cfg = TrainConfig(
+            env_id="cwm/Chemistry-v0",
+            agent=agent,
+            seed=seed,
+            steps=64,
+            eval_every=32,
+            eval_episodes=2,
+            sb3_kwargs={"n_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1},
+        )
+        train(cfg, tmp_path / f"{agent}{seed}", progress=False)
+        runs.append(str(tmp_path / f"{agent}{seed}"))
+    assert main(["eval", runs[2], "--episodes", "3", "--env", "cwm/Chemistry-OOD-v0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["env_id"] == "cwm/Chemistry-OOD-v0" and len(result["returns"]) == 3
+    assert json.loads((tmp_path / "ppo0" / "eval.json").read_text()) == result
+
+    assert main(["compare", *runs, "--out", str(tmp_path / "cmp"), "--threshold", "-1000"]) == 0
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert (tmp_path / "cmp" / "curves.png").stat().st_size > 0
+    random_row = next(line for line in table.splitlines() if "| random |" in line)
+    assert "| 2 |" in random_row and random_row.endswith("32, 32 |")  # 2 seeds, both reach -1000 at once
+    # Default threshold: the first group's final mean return.
+    from cwm_rl.agents.compare import compare_runs
+
+    text = compare_runs(runs[2:], tmp_path / "cmp2")
+    final = json.loads((tmp_path / "ppo0" / "metrics.json").read_text())["final_eval_return"]
+    assert f"return >= {final:.3f}" in text
+
+
+def test_eval_and_compare_bad_input(tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "missing")]) == 2
+    assert "not a `cwm-rl train` run directory" in capsys.readouterr().err
+    (tmp_path / "half").mkdir()
+    train_cfg = TrainConfig(env_id="cwm/Chemistry-v0", agent="random", steps=10, eval_every=10, eval_episodes=1)
+    from cwm_rl.config import save_yaml
+
+    save_yaml(train_cfg, tmp_path / "half" / "config.yaml")  # a run that never finished
+    assert main(["compare", str(tmp_path / "half"), "--out", str(tmp_path / "cmp")]) == 2
+    assert "did not finish" in capsys.readouterr().err

@@ -1,0 +1,136 @@
+"""Reading trained runs back: ``cwm-rl eval`` (score a saved agent) and ``cwm-rl compare`` (curves and a table).
+
+``compare`` groups run directories by (env, agent), averages their evaluation curves over seeds, and writes
+``curves.png`` (mean and spread of the evaluation return vs env steps) and ``comparison.md``: final return
+(mean +- std over seeds) and the env steps each group needs to reach a return threshold. The default threshold
+is the final mean return of the first group given (list the baseline first: "the return PPO reaches at its full
+budget"), so the table reads as sample efficiency against that baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cwm_rl.config import ConfigError, load_yaml
+
+from .evaluation import evaluate_agent
+from .model_based import MPC_AGENTS, MPCAgent
+from .random_agent import RandomAgent
+from .sb3_baselines import SB3_ALGOS, SB3Agent
+from .training import TrainConfig, checkpoint_name
+
+
+def _run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"{str(run)!r} is not a `cwm-rl train` run directory (no config.yaml)")
+    return run, load_yaml(TrainConfig, run / "config.yaml")
+
+
+def load_agent(run_dir: str | os.PathLike[str]) -> tuple[Any, TrainConfig]:
+    """The agent saved in a run directory and the run's config."""
+    run, cfg = _run_config(run_dir)
+    path = run / checkpoint_name(cfg.agent)
+    if cfg.agent in MPC_AGENTS:
+        return MPCAgent.load(path, env_id=cfg.env_id), cfg
+    if cfg.agent in SB3_ALGOS:
+        return SB3Agent.load(path, env_id=cfg.env_id), cfg
+    return RandomAgent(cfg.env_id, seed=cfg.seed, env_kwargs=cfg.env_kwargs), cfg
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike[str], episodes: int = 10, env_id: str | None = None, seed: int | None = None
+) -> dict[str, Any]:
+    """Score the saved agent with the fixed protocol (on ``env_id``, e.g. the OOD twin, if given)."""
+    if episodes < 1:
+        raise ConfigError(f"episodes={episodes} must be a positive integer")
+    agent, cfg = load_agent(run_dir)
+    target = env_id or cfg.env_id
+    result = evaluate_agent(agent, target, episodes, cfg.seed if seed is None else seed, cfg.env_kwargs)
+    result.update(env_id=target, agent=cfg.agent, env_steps=int(agent.num_timesteps), episodes=episodes)
+    if hasattr(agent, "close"):
+        agent.close()
+    return result
+
+
+def _curves(run_dirs: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run_dir in run_dirs:
+        run, _ = _run_config(run_dir)
+        if not (run / "metrics.json").is_file():
+            raise ConfigError(f"{str(run)!r} has no metrics.json: the run did not finish")
+        metrics = json.loads((run / "metrics.json").read_text())
+        groups[(metrics["env_id"], metrics["agent"])].append(metrics)
+    return groups
+
+
+def steps_to_reach(curve: list[dict[str, Any]], threshold: float) -> int | None:
+    """Env steps of the first evaluation whose mean return is >= ``threshold`` (None if never)."""
+    for point in curve:
+        if point["mean_return"] >= threshold:
+            return int(point["env_steps"])
+    return None
+
+
+def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold: float | None = None) -> str:
+    """Write ``curves.png`` and ``comparison.md`` to ``out_dir``; returns the Markdown table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not run_dirs:
+        raise ConfigError("give at least one run directory to compare")
+    groups = _curves(run_dirs)
+    first_key, first = next(iter(groups.items()))
+    source = "given"
+    if threshold is None:
+        threshold = float(np.mean([m["final_eval_return"] for m in first]))
+        source = f"the final mean return of {first_key[1]} on {first_key[0]}, the first group given"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    rows = [
+        f"Threshold: return >= {threshold:.3f} ({source}).",
+        "",
+        "| env | agent | seeds | env steps | final return | best return | steps to threshold (per seed) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for (env_id, agent), runs in groups.items():
+        steps = sorted({p["env_steps"] for m in runs for p in m["curve"]})
+        table = np.array([[_at(m["curve"], s) for s in steps] for m in runs])  # (seeds, points)
+        mean, std = np.nanmean(table, 0), np.nanstd(table, 0)
+        ax.plot(steps, mean, label=f"{agent} ({len(runs)} seeds)")
+        ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        finals = [m["final_eval_return"] for m in runs]
+        bests = [m["best_eval_return"] for m in runs]
+        reach = [steps_to_reach(m["curve"], threshold) for m in runs]
+        rows.append(
+            f"| {env_id} | {agent} | {len(runs)} | {max(m['env_steps'] for m in runs):,} | "
+            f"{np.mean(finals):.3f} ± {np.std(finals):.3f} | {np.mean(bests):.3f} | "
+            f"{', '.join('never' if r is None else f'{r:,}' for r in reach)} |"
+        )
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(out / "curves.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    text = "\n".join(rows) + "\n"
+    (out / "comparison.md").write_text(text)
+    return text
+
+
+def _at(curve: list[dict[str, Any]], steps: int) -> float:
+    """The latest evaluation at or before ``steps`` (NaN before the first)."""
+    values = [p["mean_return"] for p in curve if p["env_steps"] <= steps]
+    return values[-1] if values else float("nan")
+
+
+__all__ = ["compare_runs", "evaluate_run", "load_agent", "steps_to_reach"]
