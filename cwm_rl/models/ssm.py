@@ -317,8 +317,10 @@ def _ssd_step(
     """One step of the Mamba-2 recurrence: ``state (b,h,p,n)``, ``x_t (b,h,p)``, ``dt_t (b,h)``, ``B_t/C_t (b,g,n)``."""
     h = x_t.shape[1]
     Bh, Ch = _heads_of_groups(B_t, h), _heads_of_groups(C_t, h)  # (b, h, n)
-    decay = torch.exp(dt_t * A)[..., None, None]
-    state = state * decay + (dt_t.unsqueeze(-1) * x_t).unsqueeze(-1) * Bh.unsqueeze(-2)
+    # One new tensor, updated in place by a fused multiply-add: the broadcast outer product plus a separate add
+    # measured 2-5x slower at imagination batch sizes (2,048 slot sequences) on CPU.
+    state = state * torch.exp(dt_t * A)[..., None, None]
+    state.addcmul_((dt_t.unsqueeze(-1) * x_t).unsqueeze(-1), Bh.unsqueeze(-2))
     return (state @ Ch.unsqueeze(-1)).squeeze(-1), state
 
 
