@@ -252,6 +252,28 @@ class MPCAgent:
         self._emit("world_model/fit_seconds", time.perf_counter() - start)
         return means
 
+    def world_model_metrics(self, transitions: int = 1000, horizons: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+        """The world model judged on fresh real transitions (random actions, unseen seeds): prediction error at
+        1/5/10 open-loop steps and local-graph SHD/F1/AUROC against the env's ``info["local_graph"]``.
+
+        The same random-policy probe for every agent and every point of the run, so the numbers are comparable
+        along a learning curve and across agents. Empty before the model is first fitted.
+        """
+        if not self.model_ready:
+            return {}
+        import tempfile
+
+        from cwm_rl.data import TransitionWindows, collect
+        from cwm_rl.wm_evaluation import SUMMARY_KEYS, evaluate_windows
+
+        window = max(horizons)
+        with tempfile.TemporaryDirectory() as tmp:
+            seed = 2_000_000 + self.seed * 1_000 + self.model_updates % 1_000
+            collect(self.env_id, transitions, Path(tmp) / "probe", seed=seed, num_envs=8, env_kwargs=self.env_kwargs)
+            ds = TransitionWindows(Path(tmp) / "probe", window, stride=window)
+            out = evaluate_windows(self.model, self.norm, ds, self.slot_dims, self.slot_names, horizons)
+        return {k: float(out[k]) for k in SUMMARY_KEYS if k in out}
+
     def _emit(self, tag: str, value: float) -> None:
         if self.log is not None:
             self.log(tag, value, self.num_timesteps)

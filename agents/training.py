@@ -43,6 +43,8 @@ class TrainConfig:
         env_kwargs: env constructor arguments.
         mpc: the model-based agents' config (``--set mpc.planner.horizon=8``); ``mpc.model`` follows ``agent``.
         sb3_kwargs: SB3 hyperparameter overrides, merged over ``agents/configs/<algo>.yaml``.
+        wm_probe_transitions: fresh random-policy transitions on which a model-based agent's world model is
+            evaluated at every evaluation (prediction error at 1/5/10 steps, graph SHD/F1); 0 turns it off.
     """
 
     env_id: str = ""
@@ -54,6 +56,7 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     mpc: MPCConfig = field(default_factory=MPCConfig)
     sb3_kwargs: dict[str, Any] = field(default_factory=dict)
+    wm_probe_transitions: int = 1000
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -63,6 +66,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     spec_of(cfg.env_id)  # UnknownEnvError with the known ids
     if cfg.agent not in AGENTS:
         raise ConfigError(f"agent={cfg.agent!r} is not one of {', '.join(AGENTS)}")
+    if cfg.wm_probe_transitions < 0:
+        raise ConfigError(f"wm_probe_transitions={cfg.wm_probe_transitions} must be >= 0 (0: no probe)")
     for name in ("steps", "eval_every", "eval_episodes"):
         value = getattr(cfg, name)
         if value < 1:
@@ -122,10 +127,16 @@ class _Evaluator:
             "std_return": result["std_return"],
             "wall_time_s": round(time.perf_counter() - self.start, 3),
         }
+        if hasattr(agent, "world_model_metrics"):  # how good the model and its graph are at this point of the run
+            wm = agent.world_model_metrics(self.cfg.wm_probe_transitions) if self.cfg.wm_probe_transitions else {}
+            point.update({f"wm_{k}": v for k, v in wm.items()})
         self.curve.append(point)
         if self.writer is not None:
             self.writer.add_scalar("eval/mean_return", result["mean_return"], agent.num_timesteps)
             self.writer.add_scalar("eval/std_return", result["std_return"], agent.num_timesteps)
+            for key, value in point.items():
+                if key.startswith("wm_"):
+                    self.writer.add_scalar(f"world_model_eval/{key[3:]}", value, agent.num_timesteps)
             self.writer.flush()
         self.bar.set_postfix(eval_return=f"{result['mean_return']:.2f}")
         agent.save(self.run / checkpoint_name(self.cfg.agent))
@@ -174,6 +185,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = Tr
         "final_eval_std": evaluator.curve[-1]["std_return"],
         "best_eval_return": best["mean_return"],
         "best_eval_env_steps": best["env_steps"],
+        **{k: v for k, v in evaluator.curve[-1].items() if k.startswith("wm_")},  # the final world model
         "curve": evaluator.curve,
         "wall_time_s": round(time.perf_counter() - evaluator.start, 3),
         "config": to_dict(cfg),

@@ -178,3 +178,24 @@ def evaluate_open_loop(
         for name, v in zip(slot_names, per_slot.tolist(), strict=True):
             out[f"open_loop_mse_{k}/{name}"] = v
     return out
+
+
+def evaluate_windows(
+    model: nn.Module,
+    norm: Normalizer,
+    ds: TransitionWindows,
+    slot_dims: Sequence[int],
+    slot_names: Sequence[str],
+    horizons: Sequence[int] = (1, 5, 10),
+    oracle: bool = False,
+    subset: Sequence[int] | None = None,
+) -> dict[str, Any]:
+    """Teacher-forced and open-loop numbers over the windows of ``ds`` (or the ``subset`` of them)."""
+    from torch.utils.data import DataLoader, Subset
+
+    part = Subset(ds, list(subset)) if subset is not None else ds
+    loader = DataLoader(part, batch_size=64)
+    out = evaluate_teacher_forced(model, loader, norm, oracle)
+    out.update(evaluate_open_loop(model, loader, norm, slot_dims, slot_names, horizons, oracle))
+    out["windows"] = len(part)
+    return {k: v for k, v in out.items() if not k.startswith("_")}

@@ -33,7 +33,7 @@ from cwm_rl.config import ConfigError, load_yaml, save_yaml, to_dict
 from cwm_rl.data import TransitionWindows
 from cwm_rl.models.factory import MODEL_KINDS, make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
-from cwm_rl.wm_evaluation import Normalizer, evaluate_open_loop, evaluate_teacher_forced
+from cwm_rl.wm_evaluation import Normalizer, evaluate_teacher_forced, evaluate_windows
 
 
 @dataclass
@@ -261,12 +261,7 @@ def evaluate_run(
     oracle = cfg.model == "oracle"
 
     def evaluate(ds: TransitionWindows, subset: list[int] | None) -> dict[str, Any]:
-        part = Subset(ds, subset) if subset is not None else ds
-        loader = DataLoader(part, batch_size=64)
-        out = evaluate_teacher_forced(model, loader, norm, oracle)
-        out.update(evaluate_open_loop(model, loader, norm, slot_dims, slot_names, horizons, oracle))
-        out["windows"] = len(part)
-        return {k: v for k, v in out.items() if not k.startswith("_")}
+        return evaluate_windows(model, norm, ds, slot_dims, slot_names, horizons, oracle, subset)
 
     results: dict[str, Any] = {"env_id": cfg.env_id, "model": cfg.model, "step": ckpt["manifest"]["step"]}
     ds = TransitionWindows(data or cfg.data, window, stride=window, env_id=cfg.env_id)

@@ -73,8 +73,14 @@ def test_causal_mpc_run(tmp_path):
         eval_episodes=2,
         mpc=from_dict(MPCConfig, TINY_MPC),
     )
+    cfg.wm_probe_transitions = 200
     metrics = train(cfg, tmp_path / "run", progress=False)
     assert metrics["env_steps"] >= 120 and len(metrics["curve"]) == 2
+    # The world model is judged at every evaluation, on fresh transitions, with the graph numbers.
+    for point in metrics["curve"]:
+        assert {"wm_prediction_mse", "wm_open_loop_mse_10", "wm_shd", "wm_f1", "wm_auroc"} <= set(point)
+        assert 0.0 <= point["wm_f1"] <= 1.0 and point["wm_shd"] >= 0.0
+    assert metrics["wm_f1"] == metrics["curve"][-1]["wm_f1"]
     agent = MPCAgent.load(tmp_path / "run" / "agent.pt", env_id="cwm/Chemistry-v0")
     assert agent.model_ready and agent.config.model == "slot-ssm"
 
