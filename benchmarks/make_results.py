@@ -45,7 +45,7 @@ def _comparison_section(comparison: dict) -> list[str]:
         "## World models: slot SSM vs slot Transformer, with and without sparsity",
         "",
         f"`benchmarks/wm_comparison.py`: {cfg['transitions']:,} random-policy transitions per env, {cfg['steps']} "
-        f"gradient steps, d_model {cfg['d_model']}, seeds {cfg['seeds']} (mean ± std over seeds), on "
+        f"gradient steps, d_model {cfg['d_model']}, mean ± std over the seeds listed per env, on "
         f"{_machine(comparison['machine'])}. *Sparse* = sparsity weight "
         f"{cfg['defaults']['sparsity_weight']} on the cross-slot attention ({cfg['defaults']['slot']['attention']} "
         f"gates, {cfg['defaults']['slot']['n_layers']} layer(s)), *dense* = 0. Prediction MSE is one-step, "
@@ -68,8 +68,9 @@ def _comparison_section(comparison: dict) -> list[str]:
     ]
     envs = list(dict.fromkeys(r["env_id"] for r in comparison["runs"]))
     for env_id in envs:
+        seeds = sorted({r["seed"] for r in comparison["runs"] if r["env_id"] == env_id})
         lines += [
-            f"**`{env_id}`**",
+            f"**`{env_id}`** (seeds {seeds})",
             "",
             "| model | " + " | ".join(c[2] for c in cols) + " |",
             "|---|" + "---:|" * len(cols),
