@@ -39,10 +39,13 @@ def test_forward_shapes(attention, readout):
     assert model.local_graph(pred.scores).dtype == torch.bool
 
 
+@pytest.mark.parametrize("temporal", ["attention", "ssm"])
 @pytest.mark.parametrize("attention", ["softmax", "hard"])
-def test_step_by_step_equals_forward(attention):
-    model = _model("attention", attention).double().eval()
-    obs, act = _data(dtype=torch.float64)
+@pytest.mark.parametrize("action", ["discrete", "continuous"])
+def test_step_by_step_equals_forward(temporal, attention, action):
+    spec = ("discrete", 3) if action == "discrete" else ("continuous", 2)
+    model = _model(temporal, attention, action=spec).double().eval()
+    obs, act = _data(action, dtype=torch.float64)
     full = model(obs, act)
     state = model.initial_state(B)
     for t in range(T):
