@@ -317,12 +317,29 @@ class MPCAgent:
         return agent
 
 
-def mpc_config_for(agent_id: str, overrides: dict[str, Any] | None = None) -> MPCConfig:
-    """The default config of an MPC agent id with dotted-key ``overrides`` applied."""
+CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "mpc.yaml"
+
+
+def env_defaults(env_id: str | None) -> dict[str, Any]:
+    """Dotted-key MPC defaults for ``env_id`` from ``agents/configs/mpc.yaml`` (``default`` < the env's entry;
+    an ``-OOD`` id uses its base id's entry)."""
+    import yaml
+
+    table = yaml.safe_load(CONFIG_FILE.read_text()) or {}
+    out = dict(table.get("default") or {})
+    if env_id:
+        key = env_id if env_id in table else env_id.replace("-OOD-", "-", 1)
+        out.update(table.get(key) or {})
+    return out
+
+
+def mpc_config_for(agent_id: str, overrides: dict[str, Any] | None = None, env_id: str | None = None) -> MPCConfig:
+    """The config of an MPC agent id: :class:`MPCConfig` < the env's defaults (``mpc.yaml``) < ``overrides``."""
     if agent_id not in MPC_AGENTS:
         raise InvalidArgumentError(f"unknown MPC agent {agent_id!r}; choose one of {sorted(MPC_AGENTS)}")
     cfg = dataclasses.replace(MPCConfig(), model=MPC_AGENTS[agent_id])
+    cfg = apply_overrides(cfg, env_defaults(env_id), where=str(CONFIG_FILE))
     return apply_overrides(cfg, overrides or {})
 
 
-__all__ = ["MPC_AGENTS", "MPCAgent", "MPCConfig", "check_mpc_config", "mpc_config_for"]
+__all__ = ["MPC_AGENTS", "MPCAgent", "MPCConfig", "check_mpc_config", "env_defaults", "mpc_config_for"]

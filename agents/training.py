@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cwm_rl.config import ConfigError, save_yaml, to_dict
+from cwm_rl.config import ConfigError, apply_overrides, load_yaml, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 
 from .evaluation import evaluate_agent
-from .model_based import MPC_AGENTS, MPCAgent, MPCConfig
+from .model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
 
@@ -57,6 +57,17 @@ class TrainConfig:
     mpc: MPCConfig = field(default_factory=MPCConfig)
     sb3_kwargs: dict[str, Any] = field(default_factory=dict)
     wm_probe_transitions: int = 1000
+
+
+def resolve_config(overrides: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> TrainConfig:
+    """The full config of a run: a YAML file (already resolved, e.g. an earlier ``RUN_DIR/config.yaml``) or the
+    defaults with the env's MPC defaults (``agents/configs/mpc.yaml``), then the dotted-key ``overrides``."""
+    if config_file is not None:
+        return apply_overrides(load_yaml(TrainConfig, config_file), overrides)
+    base = apply_overrides(TrainConfig(), {k: v for k, v in overrides.items() if k in ("env_id", "agent")})
+    if base.agent in MPC_AGENTS:
+        base.mpc = mpc_config_for(base.agent, env_id=base.env_id or None)
+    return apply_overrides(base, overrides)
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -207,4 +218,12 @@ def _sb3_callback(evaluator: _Evaluator, agent: SB3Agent) -> Any:
     return _Callback()
 
 
-__all__ = ["AGENTS", "TrainConfig", "check_train_config", "checkpoint_name", "make_agent", "train"]
+__all__ = [
+    "AGENTS",
+    "TrainConfig",
+    "check_train_config",
+    "checkpoint_name",
+    "make_agent",
+    "resolve_config",
+    "train",
+]

@@ -148,16 +148,14 @@ def _cmd_wm_train(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     # The CLI is the application layer: the one core module that reaches into cwm_rl.agents (lazily).
-    from cwm_rl.agents.training import TrainConfig, train
-    from cwm_rl.config import apply_overrides, load_yaml
+    from cwm_rl.agents.training import resolve_config, train
 
-    cfg = load_yaml(TrainConfig, args.config) if args.config else TrainConfig()
     flags = {
         k: v
         for k, v in (("env_id", args.env), ("agent", args.agent), ("steps", args.steps), ("seed", args.seed))
         if v is not None
     }
-    cfg = apply_overrides(cfg, {**flags, **parse_assignments(args.set, "--set")})
+    cfg = resolve_config({**flags, **parse_assignments(args.set, "--set")}, args.config)
     metrics = train(cfg, args.run_dir, progress=not args.json)
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2, sort_keys=True))

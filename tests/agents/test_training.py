@@ -158,3 +158,21 @@ def test_eval_and_compare_bad_input(tmp_path, capsys):
     save_yaml(train_cfg, tmp_path / "half" / "config.yaml")  # a run that never finished
     assert main(["compare", str(tmp_path / "half"), "--out", str(tmp_path / "cmp")]) == 2
     assert "did not finish" in capsys.readouterr().err
+
+
+def test_config_resolution_env_defaults_then_user_overrides(tmp_path):
+    from cwm_rl.agents.model_based import env_defaults
+    from cwm_rl.agents.training import resolve_config
+
+    pong = resolve_config({"env_id": "cwm/InterventionalPong-v0", "agent": "causal-mpc"})
+    assert pong.mpc.planner.horizon == env_defaults("cwm/InterventionalPong-v0")["planner.horizon"] == 12
+    chem = resolve_config({"env_id": "cwm/Chemistry-OOD-v0", "agent": "causal-mpc"})  # OOD uses the base entry
+    assert chem.mpc.planner.horizon == 5 and chem.mpc.seed_steps == 1000
+    mine = resolve_config({"env_id": "cwm/Chemistry-v0", "agent": "causal-mpc", "mpc.planner.horizon": 7})
+    assert mine.mpc.planner.horizon == 7
+    # A saved config is already resolved: it is re-used as written, whatever the env defaults say now.
+    from cwm_rl.config import save_yaml
+
+    save_yaml(mine, tmp_path / "config.yaml")
+    again = resolve_config({}, tmp_path / "config.yaml")
+    assert to_dict(again) == to_dict(mine)
