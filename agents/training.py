@@ -151,7 +151,22 @@ class _Evaluator:
             self.writer.flush()
         self.bar.set_postfix(eval_return=f"{result['mean_return']:.2f}")
         agent.save(self.run / checkpoint_name(self.cfg.agent))
+        _write_json(self.run / "progress.json", {"curve": self.curve})  # what --resume continues from
         return point
+
+    def restore(self, agent: Any) -> None:
+        """Continue the curve of a stopped run (``progress.json``) from where ``agent`` is."""
+        path = self.run / "progress.json"
+        if path.is_file():
+            try:
+                curve = json.loads(path.read_text())["curve"]
+            except (ValueError, KeyError):
+                raise ConfigError(f"{str(path)!r} is corrupt; the run cannot be resumed") from None
+            if isinstance(agent, RandomAgent) and curve:  # it has no checkpoint: it resumes where the curve ends
+                agent.num_timesteps = curve[-1]["env_steps"]
+            self.curve = [p for p in curve if p["env_steps"] <= agent.num_timesteps]
+        while self.next_at <= agent.num_timesteps:
+            self.next_at += self.cfg.eval_every
 
 
 def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:
@@ -159,23 +174,78 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = Tr
     check_train_config(cfg)
     run = Path(run_dir)
     if (run / "config.yaml").exists():
-        raise ConfigError(f"run directory {str(run)!r} already holds a run; choose a new --run-dir")
-    from torch.utils.tensorboard import SummaryWriter
-
+        raise ConfigError(
+            f"run directory {str(run)!r} already holds a run; choose a new --run-dir (or --resume a stopped one)"
+        )
+    writer = _LazyWriter(run / "tb")
     # The agent is built first: a bad agent/env pair, config key or kwarg fails before anything is written.
-    writer: SummaryWriter | None = None
-    agent = make_agent(
-        cfg, str(run / "tb"), log=lambda tag, value, step: writer and writer.add_scalar(tag, value, step)
-    )
+    agent = make_agent(cfg, str(run / "tb"), log=writer.add_scalar)
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run / "config.yaml")
-    writer = SummaryWriter(str(run / "tb"))
+    return _run(cfg, run, agent, writer, _Evaluator(cfg, run, writer, progress))
+
+
+def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:
+    """Continue a stopped ``cwm-rl train`` run from its last checkpoint to its configured ``steps``.
+
+    The evaluation curve so far is kept. Not bit-identical to an uninterrupted run yet: replay buffers (SB3's and
+    the model-based agent's) and RNG states are not checkpointed, so learning restarts from an empty buffer.
+    """
+    run = Path(run_dir)
+    if not (run / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume {str(run)!r}: it is not a `cwm-rl train` run directory (no config.yaml)")
+    if (run / "metrics.json").is_file():
+        raise ConfigError(
+            f"cannot resume {str(run)!r}: the run finished; start a new run with more steps "
+            f"(--config {run / 'config.yaml'} --set steps=N --run-dir NEW)"
+        )
+    cfg = load_yaml(TrainConfig, run / "config.yaml")
+    check_train_config(cfg)
+    writer = _LazyWriter(run / "tb")
+    checkpoint = run / checkpoint_name(cfg.agent)
+    if checkpoint.is_file() and cfg.agent in MPC_AGENTS:
+        agent = MPCAgent.load(checkpoint, env_id=cfg.env_id)
+        agent.log = writer.add_scalar
+    elif checkpoint.is_file() and cfg.agent in SB3_ALGOS:
+        agent = SB3Agent.load(checkpoint, env_id=cfg.env_id, tensorboard_log=str(run / "tb"))
+    else:  # stopped before its first checkpoint (or a random agent): start over
+        agent = make_agent(cfg, str(run / "tb"), log=writer.add_scalar)
     evaluator = _Evaluator(cfg, run, writer, progress)
+    evaluator.restore(agent)
+    return _run(cfg, run, agent, writer, evaluator)
+
+
+class _LazyWriter:
+    """TensorBoard's SummaryWriter, created on the first scalar (so a run that fails early writes nothing)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._writer: Any = None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.log_dir))
+        self._writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator: _Evaluator) -> dict[str, Any]:
+    """Learn to ``cfg.steps`` with evaluations, then write ``metrics.json``."""
+    remaining = cfg.steps - int(agent.num_timesteps)
     try:
-        if cfg.agent in SB3_ALGOS:
-            agent.learn(cfg.steps, callback=_sb3_callback(evaluator, agent))
-        elif cfg.agent in MPC_AGENTS:
-            agent.learn(cfg.steps, callback=evaluator)
+        if remaining > 0 and cfg.agent in SB3_ALGOS:
+            agent.learn(remaining, callback=_sb3_callback(evaluator, agent))
+        elif remaining > 0 and cfg.agent in MPC_AGENTS:
+            agent.learn(remaining, callback=evaluator)
         else:
             while agent.num_timesteps < cfg.steps:
                 agent.learn(min(cfg.eval_every, cfg.steps - agent.num_timesteps), callback=evaluator)
@@ -201,10 +271,14 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = Tr
         "wall_time_s": round(time.perf_counter() - evaluator.start, 3),
         "config": to_dict(cfg),
     }
-    tmp = run / ".metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, run / "metrics.json")
+    _write_json(run / "metrics.json", metrics)
     return metrics
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
 
 
 def _sb3_callback(evaluator: _Evaluator, agent: SB3Agent) -> Any:
@@ -225,5 +299,6 @@ __all__ = [
     "checkpoint_name",
     "make_agent",
     "resolve_config",
+    "resume",
     "train",
 ]

@@ -148,22 +148,36 @@ def _cmd_wm_train(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     # The CLI is the application layer: the one core module that reaches into cwm_rl.agents (lazily).
-    from cwm_rl.agents.training import resolve_config, train
+    from cwm_rl.agents.training import resolve_config, resume, train
 
+    if args.resume:
+        run_dir = args.resume if isinstance(args.resume, str) else args.run_dir
+        if not run_dir:
+            raise InvalidArgumentError("--resume needs the run directory: --resume RUN_DIR")
+        if args.config or args.set or any(v is not None for v in (args.env, args.agent, args.steps, args.seed)):
+            raise InvalidArgumentError(
+                "--resume continues a run with its own config.yaml; drop --env/--agent/--steps/--seed/--config/--set"
+            )
+        return _print_train(resume(run_dir, progress=not args.json), run_dir, args.json)
+    if not args.run_dir:
+        raise InvalidArgumentError("pass --run-dir DIR (a new directory for the run)")
     flags = {
         k: v
         for k, v in (("env_id", args.env), ("agent", args.agent), ("steps", args.steps), ("seed", args.seed))
         if v is not None
     }
     cfg = resolve_config({**flags, **parse_assignments(args.set, "--set")}, args.config)
-    metrics = train(cfg, args.run_dir, progress=not args.json)
-    if args.json:
+    return _print_train(train(cfg, args.run_dir, progress=not args.json), args.run_dir, args.json)
+
+
+def _print_train(metrics: dict[str, Any], run_dir: str, as_json: bool) -> int:
+    if as_json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "config"}, indent=2, sort_keys=True))
     else:
         print(
-            f"{cfg.agent} on {metrics['env_id']}: final eval return {metrics['final_eval_return']:.3f} "
+            f"{metrics['agent']} on {metrics['env_id']}: final eval return {metrics['final_eval_return']:.3f} "
             f"(best {metrics['best_eval_return']:.3f}) after {metrics['env_steps']} env steps, "
-            f"{metrics['wall_time_s']:.0f} s -> {args.run_dir}"
+            f"{metrics['wall_time_s']:.0f} s -> {run_dir}"
         )
     return 0
 
@@ -326,13 +340,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", help="causal-mpc, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac or random")
     p.add_argument("--steps", type=int, help="real env steps to train for")
     p.add_argument("--seed", type=int)
-    p.add_argument("--run-dir", required=True, metavar="DIR", help="where to write the run (must be new)")
+    p.add_argument("--run-dir", metavar="DIR", help="where to write the run (must be new)")
     p.add_argument("--config", metavar="FILE", help="YAML config (e.g. an earlier RUN_DIR/config.yaml)")
     p.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. --set eval_every=2000 --set mpc.planner.horizon=8",
+    )
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        metavar="RUN_DIR",
+        help="continue a stopped run (RUN_DIR, or --run-dir) from its last checkpoint to its configured steps",
     )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON (no progress bar)")
     p.set_defaults(func=_cmd_train)

@@ -176,3 +176,55 @@ def test_config_resolution_env_defaults_then_user_overrides(tmp_path):
     save_yaml(mine, tmp_path / "config.yaml")
     again = resolve_config({}, tmp_path / "config.yaml")
     assert to_dict(again) == to_dict(mine)
+
+
+@pytest.mark.parametrize("agent", ["ppo", "causal-mpc", "random"])
+def test_resume_continues_a_stopped_run(tmp_path, agent):
+    from cwm_rl.agents.model_based import MPCConfig
+    from cwm_rl.config import from_dict
+
+    cfg = TrainConfig(
+        env_id="cwm/Chemistry-v0",
+        agent=agent,
+        steps=64,
+        eval_every=32,
+        eval_episodes=1,
+        wm_probe_transitions=0,
+        sb3_kwargs={"n_envs": 2, "n_steps": 16, "batch_size": 32, "n_epochs": 1},
+        mpc=from_dict(MPCConfig, TINY_MPC),
+    )
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    first = _read(run)
+    # Simulate a run stopped after its first evaluation: drop the final outputs, keep the 32-step point.
+    (run / "metrics.json").unlink()
+    (run / "progress.json").write_text(json.dumps({"curve": first["curve"][:1]}))
+    if agent != "random":  # the checkpoint on disk is the final one; stop it at the first evaluation instead
+        cfg2 = TrainConfig(**{**cfg.__dict__, "steps": 32})
+        train(cfg2, tmp_path / "half", progress=False)
+        name = "agent.zip" if agent == "ppo" else "agent.pt"
+        (run / name).write_bytes((tmp_path / "half" / name).read_bytes())
+    assert main(["train", "--resume", str(run), "--json"]) == 0
+    resumed = _read(run)
+    assert resumed["env_steps"] >= 64
+    assert resumed["curve"][0] == first["curve"][0]  # the earlier curve is kept
+    assert [p["env_steps"] for p in resumed["curve"]][-1] == resumed["env_steps"]
+
+
+def test_resume_bad_input(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert "not a `cwm-rl train` run directory" in capsys.readouterr().err
+    cfg = TrainConfig(env_id="cwm/Chemistry-v0", agent="random", steps=10, eval_every=10, eval_episodes=1)
+    train(cfg, tmp_path / "done", progress=False)
+    before = (tmp_path / "done" / "metrics.json").read_bytes()
+    assert main(["train", "--resume", str(tmp_path / "done")]) == 2
+    assert "the run finished" in capsys.readouterr().err
+    assert (tmp_path / "done" / "metrics.json").read_bytes() == before
+    assert main(["train", "--resume", str(tmp_path / "done"), "--set", "steps=20"]) == 2
+    assert "drop --env" in capsys.readouterr().err
+    (tmp_path / "done" / "metrics.json").unlink()
+    (tmp_path / "done" / "progress.json").write_text("{not json")
+    assert main(["train", "--resume", str(tmp_path / "done")]) == 2
+    assert "corrupt" in capsys.readouterr().err
+    assert main(["train", "--env", "cwm/Chemistry-v0"]) == 2
+    assert "--run-dir" in capsys.readouterr().err
