@@ -119,7 +119,6 @@ class MPCAgent:
         self.seed = int(seed)
         self.env_kwargs = dict(env_kwargs or {})
         self.log = log
-        torch.manual_seed(self.seed)
         self.env, self.env_id = make_vector_env(env_id, cfg.n_envs, self.env_kwargs)
         self.action_space = self.env.single_action_space
         self.slot_names = tuple(self.env.slot_names)
@@ -132,9 +131,14 @@ class MPCAgent:
             self.action_start = 0
         else:
             raise InvalidArgumentError(f"{self.env_id} has action space {self.action_space}; MPC needs Discrete or Box")
-        self.model: nn.Module = make_world_model(
-            cfg.model, self.slot_dims, self.action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers
-        )
+        # The agent owns its torch random stream (initialisation, Gumbel noise, resampling): the global one is left
+        # as it was, so two agents in one process, or an evaluation in between, never change each other's runs.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.model: nn.Module = make_world_model(
+                cfg.model, self.slot_dims, self.action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers
+            )
+            self._torch_rng = torch.get_rng_state()
         self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
         self.norm: Normalizer | None = None
         self.buffer = SequenceBuffer(cfg.n_envs, cfg.buffer_size, cfg.window)
@@ -142,6 +146,7 @@ class MPCAgent:
         self.action_space.seed(self.seed)
         self.env.action_space.seed(self.seed)
         self._planners: dict[int, Any] = {}
+        self._train_planner = make_planner(self.action_space, cfg.planner, cfg.n_envs, seed=self.seed)
         self.num_timesteps = 0
         self.model_updates = 0
         self._since_fit = 0
@@ -166,12 +171,16 @@ class MPCAgent:
             raise InvalidArgumentError("observations contain NaN or inf; check the env or the wrapper feeding them")
         if not self.model_ready:
             return np.stack([self.action_space.sample() for _ in range(len(obs))])
+        return self._plan(obs, self._planner(len(obs)))
+
+    def _plan(self, obs: np.ndarray, planner: Any) -> np.ndarray:
         torch.set_num_threads(self.config.threads)
-        planner = self._planner(len(obs))
         imagination = Imagination(self.model, self.norm, self.config.discount)
         return planner.plan(lambda actions: imagination.returns(obs, actions))
 
-    def _planner(self, batch: int):
+    def _planner(self, batch: int) -> Any:
+        """The planner for outside callers (evaluation) with ``batch`` envs; training has its own, so evaluation
+        never disturbs the training envs' warm starts or the planner's random stream."""
         if batch not in self._planners:
             self._planners[batch] = make_planner(self.action_space, self.config.planner, batch, seed=self.seed + batch)
         return self._planners[batch]
@@ -193,7 +202,7 @@ class MPCAgent:
             if self.num_timesteps < cfg.seed_steps or not self.model_ready:
                 action = self.env.action_space.sample()
             else:
-                action = self.predict(self._obs)
+                action = self._plan(np.asarray(self._obs, dtype=np.float32), self._train_planner)
             next_obs, reward, terminated, truncated, info = self.env.step(action)
             valid = np.asarray(info["_local_graph"], dtype=bool)  # False on autoreset steps: not a transition
             ended = valid & (terminated | truncated)
@@ -212,7 +221,7 @@ class MPCAgent:
                 self._emit("rollout/episode_return", float(self._ep_return[i]))
                 self._ep_return[i] = 0.0
             if ended.any():
-                self._planner(cfg.n_envs).reset(ended)
+                self._train_planner.reset(ended)
             n_new = int(valid.sum())
             self.num_timesteps += n_new
             self._since_fit += n_new
@@ -234,15 +243,18 @@ class MPCAgent:
         self.model.train()
         sums: dict[str, float] = {}
         start = time.perf_counter()
-        for _ in range(updates):
-            batch = self.buffer.sample(cfg.batch_size, self._rng)
-            loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg)
-            self.optim.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-            self.optim.step()
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            for _ in range(updates):
+                batch = self.buffer.sample(cfg.batch_size, self._rng)
+                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg)
+                self.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optim.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            self._torch_rng = torch.get_rng_state()
         self.model.eval()
         self.model_updates += updates
         self._since_fit = 0
@@ -287,6 +299,7 @@ class MPCAgent:
             "normalizer": self.norm.state() if self.norm is not None else None,
             "num_timesteps": self.num_timesteps,
             "model_updates": self.model_updates,
+            "torch_rng": self._torch_rng,
         }
         manifest = {
             "kind": "mpc_agent",
@@ -313,6 +326,7 @@ class MPCAgent:
             agent.norm = Normalizer.from_state(data["normalizer"])
         agent.num_timesteps = int(data["num_timesteps"])
         agent.model_updates = int(data["model_updates"])
+        agent._torch_rng = data["torch_rng"]
         agent.model.eval()
         return agent
 

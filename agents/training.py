@@ -120,9 +120,16 @@ class _Evaluator:
         self.curve: list[dict[str, float]] = []
         self.start = time.perf_counter()
         self.bar = tqdm(total=cfg.steps, desc=f"train {cfg.agent}", unit="step", disable=None if progress else True)
+        self._next_postfix = 0
+        self._last_eval = "-"
 
     def __call__(self, agent: Any) -> bool:
         self.bar.n = min(agent.num_timesteps, self.cfg.steps)
+        if agent.num_timesteps >= self._next_postfix:  # the live training return, every 1% of the run
+            self._next_postfix = agent.num_timesteps + max(1, self.cfg.steps // 100)
+            live = _recent_train_return(agent)
+            if live is not None:
+                self.bar.set_postfix(train_return=f"{live:.2f}", eval_return=self._last_eval, refresh=False)
         self.bar.refresh()
         if agent.num_timesteps >= self.next_at:
             self.evaluate(agent)
@@ -149,7 +156,8 @@ class _Evaluator:
                 if key.startswith("wm_"):
                     self.writer.add_scalar(f"world_model_eval/{key[3:]}", value, agent.num_timesteps)
             self.writer.flush()
-        self.bar.set_postfix(eval_return=f"{result['mean_return']:.2f}")
+        self._last_eval = f"{result['mean_return']:.2f}"
+        self.bar.set_postfix(eval_return=self._last_eval)
         agent.save(self.run / checkpoint_name(self.cfg.agent))
         _write_json(self.run / "progress.json", {"curve": self.curve})  # what --resume continues from
         return point
@@ -279,6 +287,17 @@ def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
+
+
+def _recent_train_return(agent: Any, n: int = 10) -> float | None:
+    """Mean return of the agent's last ``n`` finished training episodes (None before the first)."""
+    if isinstance(agent, MPCAgent):
+        returns = agent.episode_returns[-n:]
+    elif isinstance(agent, SB3Agent):
+        returns = [ep["r"] for ep in list(agent.model.ep_info_buffer or [])[-n:]]
+    else:
+        returns = []
+    return float(sum(returns) / len(returns)) if returns else None
 
 
 def _sb3_callback(evaluator: _Evaluator, agent: SB3Agent) -> Any:

@@ -160,3 +160,17 @@ def test_bad_input():
         agent.predict(np.full((2, sum(agent.slot_dims)), np.nan, np.float32))
     with pytest.raises(InvalidArgumentError, match="total_env_steps"):
         agent.learn(0)
+
+
+def test_evaluation_calls_do_not_disturb_training():
+    """``predict`` (what evaluation calls) has its own planners: training continues exactly as without it."""
+    cfg = mpc_config_for("causal-mpc", TINY)
+    a, b = (MPCAgent("cwm/InterventionalPong-v0", cfg, seed=2) for _ in range(2))
+    a.learn(100)
+    b.learn(100)
+    a.predict(np.asarray(a._obs))  # same batch size as the training envs
+    a.learn(60)
+    b.learn(60)
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(b.model.state_dict()[k], v, rtol=0, atol=0)
+    np.testing.assert_array_equal(a._obs, b._obs)
