@@ -44,8 +44,8 @@ def _comparison_section(comparison: dict) -> list[str]:
     lines = [
         "## World models: slot SSM vs slot Transformer, with and without sparsity",
         "",
-        f"`benchmarks/wm_comparison.py`: {cfg['transitions']:,} random-policy transitions per env, {cfg['steps']} "
-        f"gradient steps, d_model {cfg['d_model']}, mean ± std over the seeds listed per env, on "
+        f"`benchmarks/wm_comparison.py`: {cfg['transitions']:,} random-policy transitions per env, the "
+        f"gradient steps listed per env, d_model {cfg['d_model']}, mean ± std over the seeds listed per env, on "
         f"{_machine(comparison['machine'])}. *Sparse* = sparsity weight "
         f"{cfg['defaults']['sparsity_weight']} on the cross-slot attention ({cfg['defaults']['slot']['attention']} "
         f"gates, {cfg['defaults']['slot']['n_layers']} layer(s)), *dense* = 0. Prediction MSE is one-step, "
@@ -69,8 +69,9 @@ def _comparison_section(comparison: dict) -> list[str]:
     envs = list(dict.fromkeys(r["env_id"] for r in comparison["runs"]))
     for env_id in envs:
         seeds = sorted({r["seed"] for r in comparison["runs"] if r["env_id"] == env_id})
+        steps = sorted({r.get("steps", cfg["steps"]) for r in comparison["runs"] if r["env_id"] == env_id})
         lines += [
-            f"**`{env_id}`** (seeds {seeds})",
+            f"**`{env_id}`** (seeds {seeds}, {' / '.join(f'{n:,}' for n in steps)} gradient steps)",
             "",
             "| model | " + " | ".join(c[2] for c in cols) + " |",
             "|---|" + "---:|" * len(cols),

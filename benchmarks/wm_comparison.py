@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         "model": model,
                         "sparsity_weight": sparsity,
                         "seed": seed,
+                        "steps": args.steps,
                         "wall_time_s": time.perf_counter() - start,
                     }
                     for part in ("in_distribution", "ood"):

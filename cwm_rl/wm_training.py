@@ -47,7 +47,8 @@ class WMTrainConfig:
         seed: seeds torch, the split and the batch order; a CPU run is reproduced exactly.
         window: transitions per training window.
         batch_size: windows per gradient step.
-        steps: gradient steps.
+        steps: gradient steps (3,000: on Interventional Pong the graph F1 of the three seeds went from 0.75-0.91 at
+            1,500 steps to 0.89-0.91; about 1-2 minutes on 2 cores at the default size).
         lr: AdamW learning rate; ``weight_decay`` its decay.
         sparsity_weight: weight of the cross-slot attention's sparsity penalty (0.02: on Pong with hard gates, 0.05
             and 0.5 closed the action edge (F1 0.76, 0.32), 0.02 kept every true edge).
@@ -65,14 +66,14 @@ class WMTrainConfig:
     seed: int = 0
     window: int = 16
     batch_size: int = 32
-    steps: int = 1000
+    steps: int = 3000
     lr: float = 1e-3
     weight_decay: float = 0.0
     sparsity_weight: float = 0.02
     reward_weight: float = 1.0
     termination_weight: float = 0.1
     val_fraction: float = 0.1
-    eval_every: int = 250
+    eval_every: int = 500
     threads: int = 2
     slot: SlotModelConfig = field(default_factory=SlotModelConfig)
     mlp_hidden: int = 256
