@@ -25,40 +25,51 @@ class SequenceBuffer:
         self.n_envs = n_envs
         self.window = window
         self.max_steps = max(window, capacity // n_envs)  # time steps kept per sub-env
+        # Storage for 2 * max_steps time steps, filled in order; when it is full the newest max_steps are moved to
+        # the front: one copy every max_steps adds, so adding is amortised O(1).
         self._data: dict[str, np.ndarray] = {}
-        self._valid = np.zeros((0, n_envs), dtype=bool)  # a real transition (not an autoreset step)
-        self._end = np.zeros((0, n_envs), dtype=bool)  # the episode ended with this transition
+        self._valid = np.zeros((2 * self.max_steps, n_envs), dtype=bool)  # a real transition, not an autoreset
+        self._end = np.zeros((2 * self.max_steps, n_envs), dtype=bool)  # the episode ended with this transition
+        self._t = 0  # time steps stored
+        self._starts: np.ndarray | None = None  # window_starts(), cached until the next add
 
     def __len__(self) -> int:
-        return int(self._valid.sum())
+        return int(self._valid[: self._t].sum())
 
     def add(self, step: dict[str, np.ndarray], valid: np.ndarray, episode_end: np.ndarray) -> None:
         """Append one vector-env step: arrays ``(n_envs, ...)`` keyed by :data:`KEYS`."""
-        row = {k: np.asarray(step[k])[None] for k in KEYS}
         if not self._data:
-            self._data = row
-        else:
-            self._data = {k: np.concatenate([self._data[k], row[k]]) for k in KEYS}
-        self._valid = np.concatenate([self._valid, np.asarray(valid, bool)[None]])
-        self._end = np.concatenate([self._end, np.asarray(episode_end, bool)[None]])
-        if len(self._valid) > 2 * self.max_steps:  # drop in halves: amortised O(1) per step
-            cut = len(self._valid) - self.max_steps
-            self._data = {k: v[cut:] for k, v in self._data.items()}
-            self._valid, self._end = self._valid[cut:], self._end[cut:]
+            self._data = {
+                k: np.zeros((len(self._valid), *np.shape(step[k])), dtype=np.asarray(step[k]).dtype) for k in KEYS
+            }
+        if self._t == len(self._valid):  # full: keep the newest max_steps
+            keep = slice(self._t - self.max_steps, self._t)
+            for arr in (*self._data.values(), self._valid, self._end):
+                arr[: self.max_steps] = arr[keep]
+            self._t = self.max_steps
+        for k in KEYS:
+            self._data[k][self._t] = step[k]
+        self._valid[self._t] = valid
+        self._end[self._t] = episode_end
+        self._t += 1
+        self._starts = None
 
     def window_starts(self) -> np.ndarray:
         """``(k, 2)`` (time, env) pairs where a whole window of real, same-episode transitions starts."""
-        w, t = self.window, len(self._valid)
+        if self._starts is not None:
+            return self._starts
+        w, t = self.window, self._t
         if t < w:
             return np.zeros((0, 2), dtype=np.int64)
-        ok = self._valid.astype(np.int64)
-        bad = (~self._valid | self._end).astype(np.int64)  # an end may only be a window's last step
-        csum_ok = np.concatenate([np.zeros((1, self.n_envs), np.int64), np.cumsum(ok, 0)])
+        valid, end = self._valid[:t], self._end[:t]
+        bad = (~valid | end).astype(np.int64)  # an end may only be a window's last step
+        csum_ok = np.concatenate([np.zeros((1, self.n_envs), np.int64), np.cumsum(valid, 0)])
         csum_bad = np.concatenate([np.zeros((1, self.n_envs), np.int64), np.cumsum(bad, 0)])
         starts = np.arange(t - w + 1)
         all_valid = (csum_ok[starts + w] - csum_ok[starts]) == w
         no_inner_end = (csum_bad[starts + w - 1] - csum_bad[starts]) == 0
-        return np.argwhere(all_valid & no_inner_end)
+        self._starts = np.argwhere(all_valid & no_inner_end)
+        return self._starts
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """``batch_size`` random windows as tensors ``(batch, window, ...)``."""
@@ -74,4 +85,4 @@ class SequenceBuffer:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every real transition, flattened ``(n, ...)`` (for normalisation statistics)."""
-        return {k: v[self._valid] for k, v in self._data.items()}
+        return {k: v[: self._t][self._valid[: self._t]] for k, v in self._data.items()}
