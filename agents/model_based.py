@@ -25,7 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
-from cwm_rl.config import ConfigError, apply_overrides, from_dict, to_dict
+from cwm_rl.config import ConfigError, apply_overrides, env_table_key, from_dict, load_env_table, to_dict
 from cwm_rl.data import make_vector_env
 from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.factory import make_world_model
@@ -337,14 +337,9 @@ CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "mpc.yaml"
 def env_defaults(env_id: str | None) -> dict[str, Any]:
     """Dotted-key MPC defaults for ``env_id`` from ``agents/configs/mpc.yaml`` (``default`` < the env's entry;
     an ``-OOD`` id uses its base id's entry)."""
-    import yaml
-
-    table = yaml.safe_load(CONFIG_FILE.read_text()) or {}
-    out = dict(table.get("default") or {})
-    if env_id:
-        key = env_id if env_id in table else env_id.replace("-OOD-", "-", 1)
-        out.update(table.get(key) or {})
-    return out
+    table = load_env_table(CONFIG_FILE, "MPC config file")
+    key = env_table_key(table, env_id) if env_id else None
+    return {**table["default"], **(table[key] if key else {})}
 
 
 def mpc_config_for(agent_id: str, overrides: dict[str, Any] | None = None, env_id: str | None = None) -> MPCConfig:

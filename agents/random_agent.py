@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cwm_rl.checkpoint import atomic_write_json
 from cwm_rl.envs import spec_of
 
 
@@ -36,8 +36,4 @@ class RandomAgent:
         return np.stack([self.action_space.sample() for _ in range(len(obs))])
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"kind": "random_agent", "env_id": self.env_id, "seed": self.seed}))
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, {"kind": "random_agent", "env_id": self.env_id, "seed": self.seed})

@@ -22,15 +22,12 @@ import difflib
 import inspect
 import json
 import os
-import re
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import gymnasium as gym
 import numpy as np
-import yaml
 from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -38,8 +35,8 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
-from cwm_rl.checkpoint import CheckpointError, library_versions
-from cwm_rl.config import ConfigError
+from cwm_rl.checkpoint import CheckpointError, atomic_write, library_versions
+from cwm_rl.config import ConfigError, env_table_key, load_env_table
 from cwm_rl.envs.registration import check_env_kwargs, spec_of
 from cwm_rl.errors import InvalidArgumentError
 
@@ -163,10 +160,10 @@ def load_hyperparams(
     """
     algo = check_algo(algo)
     file = Path(path) if path is not None else config_path(algo)
-    table = _read_table(file)
+    table = load_env_table(file)
     resolved: dict[str, Any] = {"policy": "MlpPolicy", "n_envs": 1}
     resolved.update(_validated(algo, table["default"], f"{file} [default]"))
-    entry_id = _entry_id(table, env_id)
+    entry_id = env_table_key(table, env_id)
     if entry_id is not None:
         resolved.update(_validated(algo, table[entry_id], f"{file} [{entry_id}]"))
     if overrides is not None and not isinstance(overrides, dict):
@@ -174,31 +171,6 @@ def load_hyperparams(
     if overrides:
         resolved.update(_validated(algo, overrides, f"{algo} hyperparameter override"))
     return resolved
-
-
-def _read_table(file: Path) -> dict[str, dict[str, Any]]:
-    if not file.is_file():
-        raise ConfigError(f"hyperparameter file {str(file)!r} does not exist")
-    try:
-        table = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"hyperparameter file {str(file)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(table, dict) or "default" not in table:
-        raise ConfigError(f"hyperparameter file {str(file)!r} must be a mapping of env ids with a 'default' entry")
-    for key, entry in table.items():
-        if not isinstance(entry, dict) and entry is not None:
-            raise ConfigError(f"{file} [{key}]: must be a mapping of hyperparameters, got {entry!r}")
-    return {key: dict(entry or {}) for key, entry in table.items()}
-
-
-def _entry_id(table: dict[str, Any], env_id: str) -> str | None:
-    """The table key for ``env_id``: the id itself, else its in-distribution twin (``-OOD`` removed)."""
-    env_id = env_id.split(":", 1)[-1]  # "module:ns/Name-v0" names the same env
-    base_id = re.sub(r"-OOD(?=-v\d+$)", "", env_id)
-    for key in (env_id, base_id):
-        if key in table and key != "default":
-            return key
-    return None
 
 
 def _constructor_params(algo: str) -> dict[str, inspect.Parameter]:
@@ -468,7 +440,7 @@ class SB3Agent:
             with zipfile.ZipFile(f, mode="a") as archive:
                 archive.writestr(MANIFEST_NAME, manifest)
 
-        _atomic_write(target, write)
+        atomic_write(target, write, "agent")
 
     @classmethod
     def load(
@@ -601,27 +573,3 @@ def _existing_checkpoint(path: str | os.PathLike[str]) -> Path:
         if candidate.is_file():
             return candidate
     raise CheckpointError(f"agent file {str(path)!r} does not exist")
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.
-
-    On any failure the temporary file is removed and ``path`` is untouched; ``OSError`` (disk full, no
-    permission) becomes a one-line :class:`CheckpointError`, other exceptions propagate (they are bugs).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w+b") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise CheckpointError(
-            f"could not write agent {str(path)!r} ({e.strerror or e}); the previous file is intact"
-        ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

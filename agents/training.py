@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cwm_rl.checkpoint import atomic_write_json
 from cwm_rl.config import ConfigError, apply_overrides, load_yaml, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 
@@ -159,7 +160,7 @@ class _Evaluator:
         self._last_eval = f"{result['mean_return']:.2f}"
         self.bar.set_postfix(eval_return=self._last_eval)
         agent.save(self.run / checkpoint_name(self.cfg.agent))
-        _write_json(self.run / "progress.json", {"curve": self.curve})  # what --resume continues from
+        atomic_write_json(self.run / "progress.json", {"curve": self.curve})  # what --resume continues from
         return point
 
     def restore(self, agent: Any) -> None:
@@ -279,14 +280,8 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
         "wall_time_s": round(time.perf_counter() - evaluator.start, 3),
         "config": to_dict(cfg),
     }
-    _write_json(run / "metrics.json", metrics)
+    atomic_write_json(run / "metrics.json", metrics)
     return metrics
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _recent_train_return(agent: Any, n: int = 10) -> float | None:

@@ -7,10 +7,12 @@ and renamed over the old one, so a crash or a full disk never leaves a half-writ
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -37,24 +39,46 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any], manifest: dict[str, Any]) -> Path:
-    """Write ``{"manifest": manifest + versions, **payload}`` atomically (temp file, fsync, rename)."""
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], what: str = "file") -> Path:
+    """Call ``write`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.
+
+    On any failure the temporary file is removed and ``path`` is untouched; ``OSError`` (disk full, no permission)
+    becomes a one-line :class:`CheckpointError`, other exceptions propagate (they are bugs).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    data = {"manifest": {**manifest, "versions": library_versions()}, **payload}
     try:
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
+        with open(tmp, "w+b") as f:  # readable too: zip writers may read back what they wrote
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(
-            f"could not write checkpoint {str(path)!r} ({e.strerror or e}); the previous one is intact"
+            f"could not write {what} {str(path)!r} ({e.strerror or e}); the previous file is intact"
         ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, what: str = "file") -> Path:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")), what)
+
+
+def atomic_write_json(path: str | os.PathLike[str], data: Any, sort_keys: bool = False) -> Path:
+    """:func:`atomic_write` of ``data`` as indented JSON with a trailing newline."""
+    return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=sort_keys) + "\n", "results")
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: dict[str, Any], manifest: dict[str, Any]) -> Path:
+    """Write ``{"manifest": manifest + versions, **payload}`` atomically (temp file, fsync, rename)."""
+    data = {"manifest": {**manifest, "versions": library_versions()}, **payload}
+    return atomic_write(path, lambda f: torch.save(data, f), "checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike[str], expect: dict[str, Any] | None = None) -> dict[str, Any]:

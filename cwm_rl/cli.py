@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -184,12 +183,10 @@ def _print_train(metrics: dict[str, Any], run_dir: str, as_json: bool) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from cwm_rl.agents.compare import evaluate_run
+    from cwm_rl.checkpoint import atomic_write_json
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, env_id=args.env)
-    out = Path(args.run_dir) / "eval.json"
-    tmp = out.with_name(".eval.json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, out)
+    out = atomic_write_json(Path(args.run_dir) / "eval.json", result)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -69,18 +70,45 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], where: str = "--set") -> 
     return cfg
 
 
+def _read_yaml(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
 def load_yaml(cls: type[T], path: str | os.PathLike[str]) -> T:
     """Read a YAML config file into ``cls`` (errors name the file and the key)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = _read_yaml(path, "config file")
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return from_dict(cls, data, where=str(path))
+
+
+def load_env_table(path: str | os.PathLike[str], what: str = "hyperparameter file") -> dict[str, dict[str, Any]]:
+    """Read an rl-zoo style per-env YAML table: a ``default`` entry plus one mapping per env id."""
+    path = Path(path)
+    table = _read_yaml(path, what)
+    if not isinstance(table, dict) or "default" not in table:
+        raise ConfigError(f"{what} {str(path)!r} must be a mapping of env ids with a 'default' entry")
+    for key, entry in table.items():
+        if not isinstance(entry, dict) and entry is not None:
+            raise ConfigError(f"{path} [{key}]: must be a mapping of hyperparameters, got {entry!r}")
+    return {key: dict(entry or {}) for key, entry in table.items()}
+
+
+def env_table_key(table: dict[str, Any], env_id: str) -> str | None:
+    """The key of ``env_id``'s entry in a per-env table: the id itself, else its in-distribution twin (``-OOD``
+    removed), so an OOD env trains like its base env; None if neither is listed."""
+    env_id = env_id.split(":", 1)[-1]  # "module:ns/Name-v0" names the same env
+    base_id = re.sub(r"-OOD(?=-v\d+$)", "", env_id)
+    for key in (env_id, base_id):
+        if key in table and key != "default":
+            return key
+    return None
 
 
 def save_yaml(cfg: Any, path: str | os.PathLike[str]) -> None:

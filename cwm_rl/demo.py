@@ -23,6 +23,7 @@ import gymnasium as gym
 import numpy as np
 
 from cwm_rl.causal import edge_frequency, format_graph
+from cwm_rl.checkpoint import atomic_write_text
 from cwm_rl.envs import causal_env_ids, verify_local_graphs
 from cwm_rl.errors import InvalidArgumentError
 
@@ -184,13 +185,7 @@ def run_demo(
         metrics["world_model"], wm_lines = _world_model_stage(out, wm_steps, seed)
         md += wm_lines
     metrics["wall_time_s"] = time.perf_counter() - start
-    _atomic_write(out / "metrics.json", json.dumps(metrics, indent=2))
-    _atomic_write(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_text(out / "report.md", "\n".join(md))
     print(f"\nreport: {out / 'report.md'}  metrics: {out / 'metrics.json'}  frames: {out}/*.png")
     return 0 if all(r["verification"]["violations"] == 0 for r in results) else 1
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -15,7 +15,6 @@ of its own per-dimension standard deviation, so slots with large and small range
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Subset
 
-from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
+from cwm_rl.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, load_yaml, save_yaml, to_dict
 from cwm_rl.data import TransitionWindows
 from cwm_rl.models.factory import MODEL_KINDS, make_world_model
@@ -221,7 +220,7 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     final = {k: v for k, v in metrics.items() if not k.startswith("_")}
     final.update(env_id=ds.env_id, model=cfg.model, seed=cfg.seed, parameters=_n_params(model))
     deterministic = {k: v for k, v in final.items() if k != "wall_time_s"}
-    _write_json(run / "metrics.json", deterministic)
+    atomic_write_json(run / "metrics.json", deterministic, sort_keys=True)
     return final
 
 
@@ -283,7 +282,7 @@ def evaluate_run(
             )
             results["ood"] = evaluate(TransitionWindows(Path(tmp) / "ood", window, stride=window), None)
             results["ood"]["env_id"] = ood_id
-    _write_json(Path(run_dir) / "eval.json", results)
+    atomic_write_json(Path(run_dir) / "eval.json", results, sort_keys=True)
     return results
 
 
@@ -308,9 +307,3 @@ def _log_eval(writer, metrics: dict[str, Any], step: int, slot_names) -> None:
 
         fig = graph_heatmaps(metrics["_mean_scores"], metrics["_true_frequency"], slot_names)
         writer.add_figure("graphs/predicted_vs_true", fig, step)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
