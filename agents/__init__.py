@@ -1,8 +1,10 @@
-"""Agents: the model-based agent and the Stable-Baselines3 baselines behind one protocol (:class:`Agent`), and
-the training script's Python API (``make_agent``, ``train``, ``resume``, ``evaluate_agent``, ``compare_runs``)."""
+"""Agents: the model-based agents (MPC, Dyna) and the Stable-Baselines3 baselines behind one protocol
+(:class:`Agent`), and the training script's Python API (``make_agent``, ``train``, ``resume``, ``evaluate_agent``,
+``compare_runs``)."""
 
 from cwm_rl.agents.base import Agent
 from cwm_rl.agents.compare import compare_runs, evaluate_run, load_agent
+from cwm_rl.agents.dyna import DYNA_AGENTS, DynaAgent, DynaConfig, dyna_config_for
 from cwm_rl.agents.evaluation import evaluate_agent
 from cwm_rl.agents.model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from cwm_rl.agents.random_agent import RandomAgent
@@ -11,9 +13,12 @@ from cwm_rl.agents.training import AGENTS, TrainConfig, make_agent, resolve_conf
 
 __all__ = [
     "AGENTS",
+    "DYNA_AGENTS",
     "MPC_AGENTS",
     "SB3_ALGOS",
     "Agent",
+    "DynaAgent",
+    "DynaConfig",
     "MPCAgent",
     "MPCConfig",
     "RandomAgent",
@@ -21,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "algos_for",
     "compare_runs",
+    "dyna_config_for",
     "evaluate_agent",
     "evaluate_run",
     "load_agent",

@@ -1,6 +1,6 @@
 """Reading trained runs back: ``cwm-rl eval`` (score a saved agent) and ``cwm-rl compare`` (curves and a table).
 
-``compare`` groups run directories by (env, agent), averages their evaluation curves over seeds, and writes
+``compare`` groups run directories by (env, agent, budget), averages their evaluation curves over seeds, and writes
 ``curves.png`` (mean and spread of the evaluation return vs env steps) and ``comparison.md``: final return
 (mean +- std over seeds) and the env steps each group needs to reach a return threshold. The default threshold
 is the final mean return of the first group given (list the baseline first: "the return PPO reaches at its full
@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from cwm_rl.checkpoint import atomic_write_text
 from cwm_rl.config import ConfigError, load_yaml
+from cwm_rl.plots import save_figure
 
 from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent
@@ -41,6 +43,10 @@ def load_agent(run_dir: str | os.PathLike[str]) -> tuple[Any, TrainConfig]:
         return MPCAgent.load(path, env_id=cfg.env_id), cfg
     if cfg.agent in SB3_ALGOS:
         return SB3Agent.load(path, env_id=cfg.env_id), cfg
+    from .dyna import DYNA_AGENTS, DynaAgent
+
+    if cfg.agent in DYNA_AGENTS:
+        return DynaAgent.load(path, env_id=cfg.env_id), cfg
     return RandomAgent(cfg.env_id, seed=cfg.seed, env_kwargs=cfg.env_kwargs), cfg
 
 
@@ -59,14 +65,16 @@ def evaluate_run(
     return result
 
 
-def _curves(run_dirs: list[str]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+def _curves(run_dirs: list[str]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
+    """Finished runs grouped by (env, agent, configured env-step budget): the seeds of one experiment. Runs of
+    one agent with different budgets are different experiments (e.g. a baseline given ten times the data)."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for run_dir in run_dirs:
-        run, _ = _run_config(run_dir)
+        run, cfg = _run_config(run_dir)
         if not (run / "metrics.json").is_file():
             raise ConfigError(f"{str(run)!r} has no metrics.json: the run did not finish")
         metrics = json.loads((run / "metrics.json").read_text())
-        groups[(metrics["env_id"], metrics["agent"])].append(metrics)
+        groups[(metrics["env_id"], metrics["agent"], int(cfg.steps))].append(metrics)
     return groups
 
 
@@ -92,7 +100,7 @@ def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold
     source = "given"
     if threshold is None:
         threshold = float(np.mean([m["final_eval_return"] for m in first]))
-        source = f"the final mean return of {first_key[1]} on {first_key[0]}, the first group given"
+        source = f"the final mean return of {first_key[1]} ({first_key[2]:,} steps) on {first_key[0]}, the first group"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -102,17 +110,21 @@ def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold
         "| env | agent | seeds | env steps | final return | best return | steps to threshold (per seed) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    for (env_id, agent), runs in groups.items():
+    budgets: dict[tuple[str, str], int] = defaultdict(int)
+    for env_id, agent, _ in groups:
+        budgets[(env_id, agent)] += 1
+    for (env_id, agent, budget), runs in groups.items():
+        label = f"{agent} @ {budget:,} steps" if budgets[(env_id, agent)] > 1 else agent
         steps = sorted({p["env_steps"] for m in runs for p in m["curve"]})
         table = np.array([[_at(m["curve"], s) for s in steps] for m in runs])  # (seeds, points)
         mean, std = np.nanmean(table, 0), np.nanstd(table, 0)
-        ax.plot(steps, mean, label=f"{agent} ({len(runs)} seeds)")
+        ax.plot(steps, mean, label=f"{label} ({len(runs)} seeds)")
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
         finals = [m["final_eval_return"] for m in runs]
         bests = [m["best_eval_return"] for m in runs]
         reach = [steps_to_reach(m["curve"], threshold) for m in runs]
         rows.append(
-            f"| {env_id} | {agent} | {len(runs)} | {max(m['env_steps'] for m in runs):,} | "
+            f"| {env_id} | {label} | {len(runs)} | {max(m['env_steps'] for m in runs):,} | "
             f"{np.mean(finals):.3f} ± {np.std(finals):.3f} | {np.mean(bests):.3f} | "
             f"{', '.join('never' if r is None else f'{r:,}' for r in reach)} |"
         )
@@ -120,10 +132,9 @@ def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold
     ax.set_ylabel("evaluation return")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.savefig(out / "curves.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out / "curves.png")
     text = "\n".join(rows) + "\n"
-    (out / "comparison.md").write_text(text)
+    atomic_write_text(out / "comparison.md", text)
     return text
 
 

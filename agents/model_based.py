@@ -1,8 +1,10 @@
 """The model-based agent: a world model learned online, used for MPC with imagined rollouts.
 
 Loop (``learn``): act in the env's natively batched vector env, store real transitions (with their local graphs)
-in a bounded :class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer`, (re)train the world model on a schedule, and
-pick actions by planning: a planner of :mod:`cwm_rl.planning` proposes action sequences and
+in a bounded :class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer`, (re)train the world model on a schedule (the
+model, its optimiser, normaliser and fitting recipe live in
+:class:`~cwm_rl.agents.world_model_learner.WorldModelLearner`, shared with the Dyna agent), and pick actions by
+planning: a planner of :mod:`cwm_rl.planning` proposes action sequences and
 :class:`~cwm_rl.planning.imagination.Imagination` scores them with the model's recurrent ``step``.
 
 Agent ids and their world models: ``causal-mpc`` (slot SSM with sparse cross-attention), ``transformer-mpc``
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,21 +22,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
 from torch import nn
 
 from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides, env_table_key, from_dict, load_env_table, to_dict
 from cwm_rl.data import make_vector_env
 from cwm_rl.errors import InvalidArgumentError
-from cwm_rl.models.factory import make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.planning import PlannerConfig, make_planner, validate_config
 from cwm_rl.planning.imagination import Imagination
 from cwm_rl.wm_evaluation import Normalizer
-from cwm_rl.wm_training import WMTrainConfig, world_model_loss
 
 from .sequence_buffer import SequenceBuffer
+from .world_model_learner import EnvLayout, WorldModelLearner
 
 MPC_AGENTS = {"causal-mpc": "slot-ssm", "transformer-mpc": "slot-transformer", "mlp-mpc": "mlp"}
 """Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
@@ -121,44 +120,52 @@ class MPCAgent:
         self.log = log
         self.env, self.env_id = make_vector_env(env_id, cfg.n_envs, self.env_kwargs)
         self.action_space = self.env.single_action_space
-        self.slot_names = tuple(self.env.slot_names)
-        self.slot_dims = [s.stop - s.start for s in self.env.slot_slices.values()]
-        if isinstance(self.action_space, spaces.Discrete):
-            self.action_spec = ("discrete", int(self.action_space.n))
-            self.action_start = int(self.action_space.start)
-        elif isinstance(self.action_space, spaces.Box):
-            self.action_spec = ("continuous", int(np.prod(self.action_space.shape)))
-            self.action_start = 0
-        else:
-            raise InvalidArgumentError(f"{self.env_id} has action space {self.action_space}; MPC needs Discrete or Box")
-        # The agent owns its torch random stream (initialisation, Gumbel noise, resampling): the global one is left
+        layout = EnvLayout.of(self.env, self.env_id)
+        self.slot_names = layout.slot_names
+        self.slot_dims = list(layout.slot_dims)
+        self.action_spec = layout.action_spec
+        self.action_start = layout.action_start
+        # The learner owns the world model's torch random stream (initialisation, batches): the global one is left
         # as it was, so two agents in one process, or an evaluation in between, never change each other's runs.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            self.model: nn.Module = make_world_model(
-                cfg.model, self.slot_dims, self.action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers
-            )
-            self._torch_rng = torch.get_rng_state()
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
-        self.norm: Normalizer | None = None
+        self.learner = WorldModelLearner(layout, cfg, seed=self.seed, env_kwargs=self.env_kwargs, log=self._emit)
         self.buffer = SequenceBuffer(cfg.n_envs, cfg.buffer_size, cfg.window)
-        self._rng = np.random.default_rng(self.seed)
         self.action_space.seed(self.seed)
         self.env.action_space.seed(self.seed)
         self._planners: dict[int, Any] = {}
         self._train_planner = make_planner(self.action_space, cfg.planner, cfg.n_envs, seed=self.seed)
         self.num_timesteps = 0
-        self.model_updates = 0
         self._since_fit = 0
         self._obs: np.ndarray | None = None
         self._ep_return = np.zeros(cfg.n_envs)
         self.episode_returns: list[float] = []
 
-    # ------------------------------------------------------------------ acting
+    # ------------------------------------------------------------------ the world model (owned by the learner)
+    @property
+    def model(self) -> nn.Module:
+        """The world model."""
+        return self.learner.model
+
+    @property
+    def optim(self) -> torch.optim.Optimizer:
+        """The world model's optimiser."""
+        return self.learner.optim
+
+    @property
+    def norm(self) -> Normalizer | None:
+        """The world model's normaliser (None before the first fit)."""
+        return self.learner.norm
+
+    @property
+    def model_updates(self) -> int:
+        """World-model gradient steps taken so far."""
+        return self.learner.model_updates
+
     @property
     def model_ready(self) -> bool:
         """True once the world model has been fitted (before that the agent acts at random)."""
-        return self.norm is not None
+        return self.learner.ready
+
+    # ------------------------------------------------------------------ acting
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Plan from each row of ``obs (n, obs_dim)``; random actions while the model is untrained."""
@@ -235,56 +242,15 @@ class MPCAgent:
 
     def fit_world_model(self, updates: int) -> dict[str, float]:
         """``updates`` gradient steps on windows from the buffer; returns the mean loss parts."""
-        cfg = self.config
-        if self.norm is None:  # statistics of the seed data; kept fixed so the model's inputs do not drift
-            data = self.buffer.arrays()
-            self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.action_start)
-        loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
-        self.model.train()
-        sums: dict[str, float] = {}
-        start = time.perf_counter()
-        with torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._torch_rng)
-            for _ in range(updates):
-                batch = self.buffer.sample(cfg.batch_size, self._rng)
-                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg)
-                self.optim.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-                self.optim.step()
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            self._torch_rng = torch.get_rng_state()
-        self.model.eval()
-        self.model_updates += updates
+        means = self.learner.fit(self.buffer, updates)
         self._since_fit = 0
-        means = {k: v / max(updates, 1) for k, v in sums.items()}
-        for k, v in means.items():
-            self._emit(f"world_model/{k}", v)
-        self._emit("world_model/fit_seconds", time.perf_counter() - start)
         return means
 
     def world_model_metrics(self, transitions: int = 1000, horizons: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
         """The world model judged on fresh real transitions (random actions, unseen seeds): prediction error at
-        1/5/10 open-loop steps and local-graph SHD/F1/AUROC against the env's ``info["local_graph"]``.
-
-        The same random-policy probe for every agent and every point of the run, so the numbers are comparable
-        along a learning curve and across agents. Empty before the model is first fitted.
-        """
-        if not self.model_ready:
-            return {}
-        import tempfile
-
-        from cwm_rl.data import TransitionWindows, collect
-        from cwm_rl.wm_evaluation import SUMMARY_KEYS, evaluate_windows
-
-        window = max(horizons)
-        with tempfile.TemporaryDirectory() as tmp:
-            seed = 2_000_000 + self.seed * 1_000 + self.model_updates % 1_000
-            collect(self.env_id, transitions, Path(tmp) / "probe", seed=seed, num_envs=8, env_kwargs=self.env_kwargs)
-            ds = TransitionWindows(Path(tmp) / "probe", window, stride=window)
-            out = evaluate_windows(self.model, self.norm, ds, self.slot_dims, self.slot_names, horizons)
-        return {k: float(out[k]) for k in SUMMARY_KEYS if k in out}
+        1/5/10 open-loop steps and local-graph SHD/F1/AUROC against the env's ``info["local_graph"]``
+        (:meth:`WorldModelLearner.metrics`). Empty before the model is first fitted."""
+        return self.learner.metrics(transitions, horizons)
 
     def _emit(self, tag: str, value: float) -> None:
         if self.log is not None:
@@ -293,14 +259,7 @@ class MPCAgent:
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Weights, normaliser, optimiser and config in one file, written atomically."""
-        payload = {
-            "model_state": self.model.state_dict(),
-            "optim_state": self.optim.state_dict(),
-            "normalizer": self.norm.state() if self.norm is not None else None,
-            "num_timesteps": self.num_timesteps,
-            "model_updates": self.model_updates,
-            "torch_rng": self._torch_rng,
-        }
+        payload = {**self.learner.state(), "num_timesteps": self.num_timesteps}
         manifest = {
             "kind": "mpc_agent",
             "env_id": self.env_id,
@@ -320,24 +279,20 @@ class MPCAgent:
         manifest = data["manifest"]
         cfg = from_dict(MPCConfig, manifest["config"], where=str(path))
         agent = cls(manifest["env_id"], cfg, seed=manifest["seed"], env_kwargs=manifest.get("env_kwargs"))
-        agent.model.load_state_dict(data["model_state"])
-        agent.optim.load_state_dict(data["optim_state"])
-        if data["normalizer"] is not None:
-            agent.norm = Normalizer.from_state(data["normalizer"])
+        agent.learner.load_state(data)
         agent.num_timesteps = int(data["num_timesteps"])
-        agent.model_updates = int(data["model_updates"])
-        agent._torch_rng = data["torch_rng"]
-        agent.model.eval()
         return agent
 
 
 CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "mpc.yaml"
 
 
-def env_defaults(env_id: str | None) -> dict[str, Any]:
-    """Dotted-key MPC defaults for ``env_id`` from ``agents/configs/mpc.yaml`` (``default`` < the env's entry;
-    an ``-OOD`` id uses its base id's entry)."""
-    table = load_env_table(CONFIG_FILE, "MPC config file")
+def env_defaults(
+    env_id: str | None, config_file: str | os.PathLike[str] = CONFIG_FILE, what: str = "MPC config file"
+) -> dict[str, Any]:
+    """Dotted-key defaults for ``env_id`` from a per-env agent table (``agents/configs/mpc.yaml`` unless
+    ``config_file`` is given): ``default`` < the env's entry; an ``-OOD`` id uses its base id's entry."""
+    table = load_env_table(config_file, what)
     key = env_table_key(table, env_id) if env_id else None
     return {**table["default"], **(table[key] if key else {})}
 

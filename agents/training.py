@@ -21,12 +21,14 @@ from cwm_rl.checkpoint import atomic_write_json
 from cwm_rl.config import ConfigError, apply_overrides, load_yaml, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 
+from .dyna import DYNA_AGENTS, DynaAgent, DynaConfig, dyna_config_for
 from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
+from .wm_probe import RETURN_SEED_OFFSET, WorldModelProbeCallback, imagined_vs_real_return, torch_threads
 
-AGENTS = (*MPC_AGENTS, *SB3_ALGOS, "random")
+AGENTS = (*MPC_AGENTS, *DYNA_AGENTS, *SB3_ALGOS, "random")
 """Every agent id ``cwm-rl train --agent`` accepts."""
 
 
@@ -43,9 +45,15 @@ class TrainConfig:
         eval_episodes: episodes per evaluation (deterministic actions, fixed seeds).
         env_kwargs: env constructor arguments.
         mpc: the model-based agents' config (``--set mpc.planner.horizon=8``); ``mpc.model`` follows ``agent``.
+        dyna: the Dyna agent's config (``--set dyna.real_ratio=0.1``; its SAC/DQN hyperparameters are
+            ``dyna.sb3_kwargs``); ``dyna.model`` follows ``agent``.
         sb3_kwargs: SB3 hyperparameter overrides, merged over ``agents/configs/<algo>.yaml``.
-        wm_probe_transitions: fresh random-policy transitions on which a model-based agent's world model is
-            evaluated at every evaluation (prediction error at 1/5/10 steps, graph SHD/F1); 0 turns it off.
+        wm_probe_transitions: fresh random-policy transitions on which a model-based agent's world model (or a
+            baseline's probe, see ``wm_probe``) is evaluated at every evaluation (prediction error at 1/5/10 steps,
+            graph SHD/F1, imagined vs real return of the current policy); 0 turns it off.
+        wm_probe: SB3 baselines train a probe world model on the transitions they experience
+            (:class:`~cwm_rl.agents.wm_probe.WorldModelProbeCallback`, cheap default schedule), so their ``wm_*``
+            curves read like a model-based agent's; false turns it off.
     """
 
     env_id: str = ""
@@ -56,18 +64,23 @@ class TrainConfig:
     eval_episodes: int = 5
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     mpc: MPCConfig = field(default_factory=MPCConfig)
+    dyna: DynaConfig = field(default_factory=DynaConfig)
     sb3_kwargs: dict[str, Any] = field(default_factory=dict)
     wm_probe_transitions: int = 1000
+    wm_probe: bool = True
 
 
 def resolve_config(overrides: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> TrainConfig:
     """The full config of a run: a YAML file (already resolved, e.g. an earlier ``RUN_DIR/config.yaml``) or the
-    defaults with the env's MPC defaults (``agents/configs/mpc.yaml``), then the dotted-key ``overrides``."""
+    defaults with the env's MPC or Dyna defaults (``agents/configs/{mpc,dyna}.yaml``), then the dotted-key
+    ``overrides``."""
     if config_file is not None:
         return apply_overrides(load_yaml(TrainConfig, config_file), overrides)
     base = apply_overrides(TrainConfig(), {k: v for k, v in overrides.items() if k in ("env_id", "agent")})
     if base.agent in MPC_AGENTS:
         base.mpc = mpc_config_for(base.agent, env_id=base.env_id or None)
+    if base.agent in DYNA_AGENTS:
+        base.dyna = dyna_config_for(base.agent, env_id=base.env_id or None)
     return apply_overrides(base, overrides)
 
 
@@ -93,6 +106,11 @@ def make_agent(cfg: TrainConfig, tensorboard_dir: str | None = None, log: Callab
     if cfg.agent in MPC_AGENTS:
         cfg.mpc.model = MPC_AGENTS[cfg.agent]
         return MPCAgent(cfg.env_id, cfg.mpc, seed=cfg.seed, env_kwargs=cfg.env_kwargs, log=log)
+    if cfg.agent in DYNA_AGENTS:
+        if cfg.sb3_kwargs:
+            raise ConfigError(f"sb3_kwargs is for the SB3 agents; set {cfg.agent}'s with --set dyna.sb3_kwargs={{...}}")
+        cfg.dyna.model = DYNA_AGENTS[cfg.agent]
+        return DynaAgent(cfg.env_id, cfg.dyna, cfg.seed, cfg.env_kwargs, log=log, tensorboard_log=tensorboard_dir)
     if cfg.agent in SB3_ALGOS:
         return SB3Agent(
             cfg.agent,
@@ -106,12 +124,23 @@ def make_agent(cfg: TrainConfig, tensorboard_dir: str | None = None, log: Callab
 
 
 def checkpoint_name(agent_id: str) -> str:
-    """File name of an agent's checkpoint in its run directory."""
-    return "agent.zip" if agent_id in SB3_ALGOS else "agent.pt" if agent_id in MPC_AGENTS else "agent.json"
+    """File name of an agent's checkpoint in its run directory: SB3's zip for the SB3 agents, one torch file for
+    the model-based ones (the Dyna agent's holds its SB3 zip inside), ``agent.json`` for the random agent."""
+    if agent_id in SB3_ALGOS:
+        return "agent.zip"
+    return "agent.pt" if agent_id in MPC_AGENTS or agent_id in DYNA_AGENTS else "agent.json"
 
 
 class _Evaluator:
-    """Evaluates, logs and checkpoints every ``eval_every`` env steps; drives the progress bar."""
+    """Evaluates, logs and checkpoints every ``eval_every`` env steps; drives the progress bar.
+
+    Every evaluation also judges the agent's world model (``wm_*`` keys, TensorBoard ``world_model_eval/``): a
+    model-based agent's own, or the probe (:attr:`probe`) an SB3 baseline trains on the transitions it experiences.
+    """
+
+    RETURN_PROBE = {"horizon": 10, "starts": 8, "burn_in": 10}
+    """Imagined vs real return: steps compared (the longest open-loop horizon), start states, real policy steps
+    before the starts (so they are not only initial states; short enough for 25-step Chemistry episodes)."""
 
     def __init__(self, cfg: TrainConfig, run: Path, writer: Any, progress: bool) -> None:
         from tqdm.auto import tqdm
@@ -123,6 +152,7 @@ class _Evaluator:
         self.bar = tqdm(total=cfg.steps, desc=f"train {cfg.agent}", unit="step", disable=None if progress else True)
         self._next_postfix = 0
         self._last_eval = "-"
+        self.probe: WorldModelProbeCallback | None = None  # an SB3 baseline's probe world model (_sb3_callback)
 
     def __call__(self, agent: Any) -> bool:
         self.bar.n = min(agent.num_timesteps, self.cfg.steps)
@@ -146,9 +176,8 @@ class _Evaluator:
             "std_return": result["std_return"],
             "wall_time_s": round(time.perf_counter() - self.start, 3),
         }
-        if hasattr(agent, "world_model_metrics"):  # how good the model and its graph are at this point of the run
-            wm = agent.world_model_metrics(self.cfg.wm_probe_transitions) if self.cfg.wm_probe_transitions else {}
-            point.update({f"wm_{k}": v for k, v in wm.items()})
+        if self.cfg.wm_probe_transitions:  # how good the model and its graph are at this point of the run
+            point.update({f"wm_{k}": v for k, v in self.world_model_eval(agent).items()})
         self.curve.append(point)
         if self.writer is not None:
             self.writer.add_scalar("eval/mean_return", result["mean_return"], agent.num_timesteps)
@@ -162,6 +191,32 @@ class _Evaluator:
         agent.save(self.run / checkpoint_name(self.cfg.agent))
         atomic_write_json(self.run / "progress.json", {"curve": self.curve})  # what --resume continues from
         return point
+
+    def world_model_eval(self, agent: Any) -> dict[str, float]:
+        """Prediction error at 1/5/10 steps and local-graph SHD/F1 on fresh random-policy transitions, plus the
+        imagined vs real return of the current policy, for the agent's own world model or its probe's (empty while
+        neither is fitted, or for agents with neither)."""
+        if hasattr(agent, "world_model_metrics"):
+            wm = agent.world_model_metrics(self.cfg.wm_probe_transitions)
+            model, norm = getattr(agent, "model", None), getattr(agent, "norm", None)
+        elif self.probe is not None and self.probe.ready:
+            wm = self.probe.metrics(self.cfg.wm_probe_transitions)
+            model, norm = self.probe.world_model, self.probe.norm
+        else:
+            return {}
+        if wm and model is not None and norm is not None:
+            with torch_threads(1):  # small batched steps: one thread is fastest, and robust on a busy machine
+                returns = imagined_vs_real_return(
+                    model,
+                    norm,
+                    lambda obs: agent.predict(obs, deterministic=True),
+                    self.cfg.env_id,
+                    self.cfg.env_kwargs,
+                    seed=RETURN_SEED_OFFSET + self.cfg.seed,  # the same starts at every evaluation of the run
+                    **self.RETURN_PROBE,
+                )
+            wm.update(returns)
+        return wm
 
     def restore(self, agent: Any) -> None:
         """Continue the curve of a stopped run (``progress.json``) from where ``agent`` is."""
@@ -215,6 +270,8 @@ def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, 
     if checkpoint.is_file() and cfg.agent in MPC_AGENTS:
         agent = MPCAgent.load(checkpoint, env_id=cfg.env_id)
         agent.log = writer.add_scalar
+    elif checkpoint.is_file() and cfg.agent in DYNA_AGENTS:
+        agent = DynaAgent.load(checkpoint, env_id=cfg.env_id, log=writer.add_scalar, tensorboard_log=str(run / "tb"))
     elif checkpoint.is_file() and cfg.agent in SB3_ALGOS:
         agent = SB3Agent.load(checkpoint, env_id=cfg.env_id, tensorboard_log=str(run / "tb"))
     else:  # stopped before its first checkpoint (or a random agent): start over
@@ -253,7 +310,7 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
     try:
         if remaining > 0 and cfg.agent in SB3_ALGOS:
             agent.learn(remaining, callback=_sb3_callback(evaluator, agent))
-        elif remaining > 0 and cfg.agent in MPC_AGENTS:
+        elif remaining > 0 and cfg.agent in (*MPC_AGENTS, *DYNA_AGENTS):  # one call: schedules span the run
             agent.learn(remaining, callback=evaluator)
         else:
             while agent.num_timesteps < cfg.steps:
@@ -286,7 +343,7 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
 
 def _recent_train_return(agent: Any, n: int = 10) -> float | None:
     """Mean return of the agent's last ``n`` finished training episodes (None before the first)."""
-    if isinstance(agent, MPCAgent):
+    if isinstance(agent, (MPCAgent, DynaAgent)):
         returns = agent.episode_returns[-n:]
     elif isinstance(agent, SB3Agent):
         returns = [ep["r"] for ep in list(agent.model.ep_info_buffer or [])[-n:]]
@@ -296,14 +353,19 @@ def _recent_train_return(agent: Any, n: int = 10) -> float | None:
 
 
 def _sb3_callback(evaluator: _Evaluator, agent: SB3Agent) -> Any:
-    """The evaluator as an SB3 callback (called after every vector-env step)."""
-    from stable_baselines3.common.callbacks import BaseCallback
+    """The evaluator as an SB3 callback (called after every vector-env step), after the probe world model's
+    callback when ``wm_probe`` is on (so an evaluation sees every transition up to it)."""
+    from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
     class _Callback(BaseCallback):
         def _on_step(self) -> bool:
             return evaluator(agent)
 
-    return _Callback()
+    cfg = evaluator.cfg
+    if evaluator.probe is None and cfg.wm_probe and cfg.wm_probe_transitions:
+        log = evaluator.writer.add_scalar if evaluator.writer is not None else None
+        evaluator.probe = WorldModelProbeCallback(cfg.env_id, cfg.env_kwargs, seed=cfg.seed, log=log)
+    return CallbackList([evaluator.probe, _Callback()]) if evaluator.probe is not None else _Callback()
 
 
 __all__ = [

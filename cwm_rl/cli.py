@@ -88,9 +88,17 @@ def _cmd_verify_env(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from cwm_rl.demo import run_demo
+    from cwm_rl.agents.demo import run_demo
 
-    return run_demo(out_dir=args.out, steps=args.steps, num_envs=args.num_envs, seed=args.seed, wm_steps=args.wm_steps)
+    return run_demo(
+        out_dir=args.out,
+        steps=args.steps,
+        num_envs=args.num_envs,
+        seed=args.seed,
+        agent_steps=args.agent_steps,
+        baseline_factor=args.baseline_factor,
+        overrides=parse_assignments(args.set, "--set"),
+    )
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -185,7 +193,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from cwm_rl.agents.compare import evaluate_run
     from cwm_rl.checkpoint import atomic_write_json
 
+    if isinstance(args.render, str):  # a bad GIF path fails before the (possibly long) evaluation
+        from cwm_rl.agents.render import check_gif_path
+
+        check_gif_path(args.render)
     result = evaluate_run(args.run_dir, episodes=args.episodes, env_id=args.env)
+    if args.render:
+        result["render"] = _render_run(args.run_dir, args.render, args.env)
     out = atomic_write_json(Path(args.run_dir) / "eval.json", result)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
@@ -194,7 +208,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             f"{result['agent']} on {result['env_id']}: mean return {result['mean_return']:.3f} ± "
             f"{result['std_return']:.3f} over {result['episodes']} episodes -> {out}"
         )
+        if args.render:
+            gif = result["render"]
+            print(f"episode GIF: {gif['frames']} frames, return {gif['return']:.3f} -> {gif['path']}")
     return 0
+
+
+def _render_run(run_dir: str, render: str | bool, env_id: str | None) -> dict[str, Any]:
+    """A GIF of the run's agent playing one deterministic episode (``--render [PATH]``, default RUN_DIR/episode.gif)."""
+    from cwm_rl.agents.compare import load_agent
+    from cwm_rl.agents.render import render_episode_gif
+
+    agent, cfg = load_agent(run_dir)
+    try:
+        path = render if isinstance(render, str) else Path(run_dir) / "episode.gif"
+        return render_episode_gif(agent, env_id or cfg.env_id, path, cfg.env_kwargs, seed=cfg.seed)
+    finally:
+        if hasattr(agent, "close"):
+            agent.close()
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -267,12 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "demo",
-        help="end-to-end demo on CPU: every suite env and its verified graphs, then a slot SSM world model",
+        help="end-to-end demo on CPU: every suite env and its verified graphs, then causal-mpc vs ppo on Pong",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--steps", type=int, default=200, help="batched steps per env (default 200)")
     p.add_argument("--num-envs", type=int, default=64, help="sub-environments per batched env (default 64)")
-    p.add_argument("--wm-steps", type=int, default=300, help="world-model training steps (0: skip that part)")
+    p.add_argument(
+        "--agent-steps", type=int, default=3000, help="env steps for causal-mpc and ppo (default 3000; 0: skip them)"
+    )
+    p.add_argument(
+        "--baseline-factor", type=int, default=10, help="also train ppo for this many times --agent-steps (default 10)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a `cwm-rl train` config key of every agent run, e.g. --set mpc.planner.population=32",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_demo)
 
@@ -329,12 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train an agent (causal-mpc, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac, random) on an env",
+        help="train an agent (causal-mpc, causal-dyna, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac, random) on an env",
         description="Train an agent with periodic evaluation on separate eval envs. Writes RUN_DIR/config.yaml, "
         "the agent checkpoint, metrics.json and TensorBoard events (tb/).",
     )
     p.add_argument("--env", help="a registered env id (see `cwm-rl envs`)")
-    p.add_argument("--agent", help="causal-mpc, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac or random")
+    p.add_argument("--agent", help="causal-mpc, causal-dyna, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac or random")
     p.add_argument("--steps", type=int, help="real env steps to train for")
     p.add_argument("--seed", type=int)
     p.add_argument("--run-dir", metavar="DIR", help="where to write the run (must be new)")
@@ -360,6 +403,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=10, help="deterministic episodes on fixed-seed eval envs")
     p.add_argument("--env", help="evaluate on another env id, e.g. the -OOD-v0 twin")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument(
+        "--render",
+        nargs="?",
+        const=True,
+        metavar="PATH",
+        help="also save a GIF of one deterministic episode (at most 300 frames) to PATH (default RUN_DIR/episode.gif)",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser(

@@ -61,13 +61,28 @@ def apply_overrides(cfg: T, overrides: dict[str, Any], where: str = "--set") -> 
                 suggestion = f"; did you mean {hint[0]!r}?" if hint else f"; known keys: {', '.join(known)}"
                 raise ConfigError(f"{where}: unknown config key {key!r}{suggestion}")
             if i < len(parts) - 1:
-                target = getattr(target, part)
+                child = getattr(target, part)
+                if isinstance(child, dict):  # a free-form mapping (e.g. sb3_kwargs): the rest of the key is its key
+                    _set_nested(child, parts[i + 1 :], value, f"{where}: {key}")
+                    break
+                target = child
                 if not dataclasses.is_dataclass(target):
                     raise ConfigError(f"{where}: {'.'.join(parts[: i + 1])!r} is not a section; cannot set {key!r}")
             name = part
-        hints = typing.get_type_hints(type(target))
-        setattr(target, name, _coerce(value, hints[name], f"{where}: {key}"))
+        else:
+            hints = typing.get_type_hints(type(target))
+            setattr(target, name, _coerce(value, hints[name], f"{where}: {key}"))
     return cfg
+
+
+def _set_nested(mapping: dict[str, Any], keys: list[str], value: Any, what: str) -> None:
+    """``mapping[k0][k1]... = value``, creating inner mappings (the owner of the mapping validates its values)."""
+    for key in keys[:-1]:
+        inner = mapping.get(key)
+        mapping = mapping.setdefault(key, {}) if inner is None else inner
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{what}: {key!r} holds {mapping!r}, not a mapping; set {key!r} as a whole")
+    mapping[keys[-1]] = value
 
 
 def _read_yaml(path: Path, what: str) -> Any:

@@ -27,3 +27,15 @@ def graph_heatmaps(predicted: np.ndarray, true: np.ndarray, slot_names: Sequence
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def save_figure(fig, path, dpi: int = 100) -> None:
+    """Write ``fig`` as a PNG atomically (a crash mid-write never leaves a half-written image) and close it."""
+    import matplotlib.pyplot as plt
+
+    from cwm_rl.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"), what="figure")
+    finally:
+        plt.close(fig)

@@ -208,7 +208,7 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     if writer:
         writer.close()
     if "_mean_scores" in metrics:  # the learned vs true graph of the final evaluation, as a picture
-        from cwm_rl.plots import graph_heatmaps
+        from cwm_rl.plots import graph_heatmaps, save_figure
 
         fig = graph_heatmaps(
             metrics["_mean_scores"],
@@ -216,7 +216,7 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
             ds.slot_names,
             title=f"{cfg.model} on {ds.env_id}, step {step}",
         )
-        fig.savefig(run / "graph.png", dpi=100, bbox_inches="tight")
+        save_figure(fig, run / "graph.png")
     final = {k: v for k, v in metrics.items() if not k.startswith("_")}
     final.update(env_id=ds.env_id, model=cfg.model, seed=cfg.seed, parameters=_n_params(model))
     deterministic = {k: v for k, v in final.items() if k != "wall_time_s"}

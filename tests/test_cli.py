@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cwm_rl.cli import main
@@ -43,6 +44,8 @@ def test_verify_env_json(capsys):
         (["verify-env", "cwm/InterventionalPong-v0", "--transitions", "0"], "n_transitions"),
         (["verify-env", "cwm/InterventionalPong-v0", "--import", "no/such/file.py"], "no such file"),
         (["demo", "--steps", "0"], "must be positive"),
+        (["demo", "--agent-steps", "10"], "too small"),
+        (["demo", "--set", "agent=ppo"], "cannot be changed in the demo"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
@@ -72,7 +75,7 @@ def test_console_script_exit_code_without_traceback():
 
 
 def test_demo_writes_a_report(tmp_path, capsys):
-    assert main(["demo", "--steps", "10", "--num-envs", "4", "--wm-steps", "5", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--steps", "10", "--num-envs", "4", "--agent-steps", "0", "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     ids = [e["env_id"] for e in metrics["envs"]]
     assert "cwm/InterventionalPong-v0" in ids and len(ids) == 4
@@ -80,9 +83,48 @@ def test_demo_writes_a_report(tmp_path, capsys):
         assert env["verification"]["violations"] == 0
         assert env["transitions"] > 0 and (tmp_path / env["frame"]).is_file()
     assert (tmp_path / "report.md").read_text().startswith("# cwm-rl demo")
-    wm = metrics["world_model"]
-    assert wm["model"] == "slot-ssm" and {"in_distribution", "ood"} <= set(wm)
-    assert 0 <= wm["in_distribution"]["f1"] <= 1 and (tmp_path / "wm-slot-ssm" / "graph.png").is_file()
+    assert "agents" not in metrics
+
+
+def test_demo_trains_and_compares_the_agents(tmp_path, capsys):
+    """The agent part at a tiny budget: causal-mpc and ppo runs, the comparison and the graph heatmap; a re-run
+    replaces the demo's own runs, and a directory the demo did not write is refused."""
+    args = ["demo", "--steps", "5", "--num-envs", "2", "--agent-steps", "300", "--baseline-factor", "2"]
+    tiny = {
+        "eval_episodes": 1,
+        "wm_probe_transitions": 200,
+        "mpc.n_envs": 4,
+        "mpc.first_updates": 30,
+        "mpc.updates": 10,
+        "mpc.planner.population": 8,
+        "mpc.planner.iterations": 1,
+        "mpc.planner.horizon": 3,
+        "sb3_kwargs.n_steps": 32,
+        "sb3_kwargs.batch_size": 64,
+    }
+    for key, value in tiny.items():
+        args += ["--set", f"{key}={value}"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["agents"]
+    assert set(metrics) == {"ppo-2x", "ppo", "causal-mpc"}
+    assert metrics["ppo-2x"]["env_steps"] >= 600 and metrics["causal-mpc"]["env_steps"] >= 300
+    assert 0 <= metrics["causal-mpc"]["wm_f1"] <= 1
+    graph = np.array(metrics["causal-mpc"]["graph"]["true_frequency"])
+    assert graph.shape == (4, 5) and graph[1, 4] > 0.8  # action -> right paddle unless it was intervened on
+    assert graph[0, 3] == 0.0  # the score never drives the left paddle
+    for name in ("comparison/curves.png", "comparison/comparison.md", "causal-mpc-graph.png"):
+        assert (tmp_path / name).is_file(), name
+    table = (tmp_path / "comparison" / "comparison.md").read_text()
+    assert "ppo @ 600 steps" in table and "ppo @ 300 steps" in table and "causal-mpc" in table
+    report = (tmp_path / "report.md").read_text()
+    assert "## Agents on cwm/InterventionalPong-v0" in report and "causal-mpc-graph.png" in report
+
+    other = tmp_path / "other"
+    (other / "runs" / "ppo").mkdir(parents=True)
+    (other / "runs" / "ppo" / "config.yaml").write_text("keep me")
+    assert main([*args, "--out", str(other)]) == 2
+    assert "not written by the demo" in capsys.readouterr().err
+    assert (other / "runs" / "ppo" / "config.yaml").read_text() == "keep me"
 
 
 def test_collect_wm_train_wm_eval_from_the_cli(tmp_path, capsys):

@@ -24,6 +24,7 @@ class Outer:
     flag: bool = False
     limit: int | None = None
     inner: Inner = field(default_factory=Inner)
+    kwargs: dict = field(default_factory=dict)
 
 
 def test_overrides_and_round_trip(tmp_path):
@@ -34,6 +35,15 @@ def test_overrides_and_round_trip(tmp_path):
     again = load_yaml(Outer, tmp_path / "config.yaml")
     assert again == cfg and to_dict(again)["inner"] == {"width": 32, "kind": "hard", "extra_kwargs": {"a": 1}}
     assert from_dict(Outer, {"inner": {"kind": "soft"}}).inner.kind == "soft"
+
+
+def test_dotted_keys_reach_into_free_form_mappings():
+    base = Outer(kwargs={"n_steps": 8, "policy_kwargs": {"net_arch": [4]}})
+    cfg = apply_overrides(base, {"kwargs.n_steps": 32, "kwargs.policy_kwargs.net_arch": [8, 8], "kwargs.new.a": 1})
+    assert cfg.kwargs == {"n_steps": 32, "policy_kwargs": {"net_arch": [8, 8]}, "new": {"a": 1}}
+    assert base.kwargs["n_steps"] == 8  # the original is untouched
+    with pytest.raises(ConfigError, match="'n_steps' holds 8, not a mapping"):
+        apply_overrides(base, {"kwargs.n_steps.x": 1})
 
 
 @pytest.mark.parametrize(

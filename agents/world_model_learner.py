@@ -1,0 +1,271 @@
+"""World-model learning inside an RL loop, shared by every agent that learns a world model online.
+
+:class:`WorldModelLearner` owns what learning a world model from an agent's own experience needs: the model
+(:func:`cwm_rl.models.factory.make_world_model`), its AdamW optimiser, the :class:`~cwm_rl.wm_evaluation.Normalizer`
+fitted once on the seed data, and its own torch and numpy random streams. ``fit(buffer, updates)`` takes gradient
+steps on windows of a :class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer` with the loss of ``cwm-rl wm-train``
+(:func:`cwm_rl.wm_training.world_model_loss`); ``metrics`` judges the model on fresh random-policy transitions;
+``state``/``load_state`` go into the agent's checkpoint.
+
+The MPC agent (:mod:`cwm_rl.agents.model_based`) and the Dyna agent (:mod:`cwm_rl.agents.dyna`) both use it, so
+the model, the fitting recipe and the evaluation protocol exist once. The agents own the replay data (the
+buffer), the schedule (when to fit, how many updates) and what the model is used for (planning or imagined data).
+
+Random streams: the learner initialises its model, draws batches and runs its gradient steps on streams of its own
+(``torch.random.fork_rng``), so the global torch stream (which Stable-Baselines3 and the planners use) is left as it
+was, and two agents in one process never change each other's runs. The same seed gives the same model on CPU.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from cwm_rl.errors import InvalidArgumentError
+from cwm_rl.models.factory import make_world_model
+from cwm_rl.models.world_model import SlotModelConfig
+from cwm_rl.wm_evaluation import Normalizer
+from cwm_rl.wm_training import WMTrainConfig, world_model_loss
+
+from .sequence_buffer import SequenceBuffer
+
+PROBE_SEED_OFFSET = 2_000_000
+"""The random-policy transitions of :meth:`WorldModelLearner.metrics` are seeded far from training and evaluation
+seeds (evaluation uses 1,000,000), so the model is never judged on episodes it trained on."""
+
+
+@dataclass(frozen=True)
+class EnvLayout:
+    """What a world model needs to know about an env: its slots and its action space.
+
+    Attributes:
+        env_id: the registered spec id.
+        slot_names: the env's slots, in observation order.
+        slot_dims: observation entries of each slot.
+        action_spec: ``("discrete", n)`` or ``("continuous", action_dim)``, as :func:`make_world_model` takes it.
+        action_start: first action of a ``Discrete(n, start)`` space (0 for Box); the normaliser shifts by it.
+    """
+
+    env_id: str
+    slot_names: tuple[str, ...]
+    slot_dims: tuple[int, ...]
+    action_spec: tuple[str, int]
+    action_start: int
+
+    @classmethod
+    def of(cls, vector_env: Any, env_id: str) -> EnvLayout:
+        """The layout of a causal env's vector env (``slot_names``, ``slot_slices``, ``single_action_space``).
+
+        Raises:
+            InvalidArgumentError: the action space is neither Discrete nor Box.
+        """
+        space = vector_env.single_action_space
+        if isinstance(space, spaces.Discrete):
+            action_spec, start = ("discrete", int(space.n)), int(space.start)
+        elif isinstance(space, spaces.Box):
+            action_spec, start = ("continuous", int(np.prod(space.shape))), 0
+        else:
+            raise InvalidArgumentError(f"{env_id} has action space {space}; a world model needs Discrete or Box")
+        dims = tuple(s.stop - s.start for s in vector_env.slot_slices.values())
+        return cls(env_id, tuple(vector_env.slot_names), dims, action_spec, start)
+
+    @property
+    def discrete(self) -> bool:
+        """True for a Discrete action space."""
+        return self.action_spec[0] == "discrete"
+
+    @property
+    def graph_shape(self) -> tuple[int, int]:
+        """Shape of a local causal graph: ``(n_slots, n_slots + 1)``."""
+        return (len(self.slot_names), len(self.slot_names) + 1)
+
+
+class LearnerConfig(Protocol):
+    """The world-model keys an agent config provides (``MPCConfig`` and ``DynaConfig`` both do)."""
+
+    model: str
+    slot: SlotModelConfig
+    mlp_hidden: int
+    mlp_layers: int
+    lr: float
+    batch_size: int
+    sparsity_weight: float
+
+
+class WorldModelLearner:
+    """A world model learned online from an agent's real transitions.
+
+    Args:
+        layout: the env's slots and action space.
+        config: the world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``,
+            ``batch_size``, ``sparsity_weight``) of the agent's config.
+        seed: seeds the model's initialisation, the batch draws and the gradient steps' torch stream.
+        env_kwargs: env constructor arguments (for the evaluation data of :meth:`metrics`).
+        log: optional ``callable(tag, value)`` for the fit losses (``world_model/<part>``, ``world_model/fit_seconds``);
+            the agent binds its own step counter.
+
+    Attributes:
+        model: the world model (in eval mode between fits).
+        optim: its AdamW optimiser.
+        norm: the normaliser, fixed at the first fit from the data seen so far (None before: :attr:`ready`).
+        model_updates: gradient steps taken so far.
+    """
+
+    def __init__(
+        self,
+        layout: EnvLayout,
+        config: LearnerConfig,
+        seed: int = 0,
+        env_kwargs: dict[str, Any] | None = None,
+        log: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.layout = layout
+        self.config = config
+        self.seed = int(seed)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.log = log
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            dims = list(layout.slot_dims)
+            self.model: nn.Module = make_world_model(
+                config.model, dims, layout.action_spec, config.slot, config.mlp_hidden, config.mlp_layers
+            )
+            self._torch_rng = torch.get_rng_state()
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=config.lr)
+        self.norm: Normalizer | None = None
+        self._rng = np.random.default_rng(self.seed)
+        self.model_updates = 0
+
+    @property
+    def ready(self) -> bool:
+        """True once the model has been fitted (it has a normaliser and has seen data)."""
+        return self.norm is not None
+
+    def fit(self, buffer: SequenceBuffer, updates: int) -> dict[str, float]:
+        """``updates`` gradient steps on random windows of ``buffer``; returns the mean of each loss part.
+
+        The first call fixes the normaliser from every transition in ``buffer`` (the seed data), so the model's
+        inputs do not drift as the agent's data distribution changes. Gradients are clipped at norm 1.
+        """
+        cfg = self.config
+        if self.norm is None:
+            data = buffer.arrays()
+            self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.layout.action_start)
+        loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
+        self.model.train()
+        sums: dict[str, float] = {}
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            for _ in range(updates):
+                batch = buffer.sample(cfg.batch_size, self._rng)
+                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg)
+                self.optim.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+                self.optim.step()
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            self._torch_rng = torch.get_rng_state()
+        self.model.eval()
+        self.model_updates += updates
+        means = {k: v / max(updates, 1) for k, v in sums.items()}
+        if self.log is not None:
+            for k, v in means.items():
+                self.log(f"world_model/{k}", v)
+            self.log("world_model/fit_seconds", time.perf_counter() - start)
+        return means
+
+    def metrics(self, transitions: int = 1000, horizons: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+        """The model judged on ``transitions`` fresh real transitions (random actions, unseen seeds): prediction
+        error at 1/5/10 open-loop steps and local-graph SHD/F1/AUROC against the env's ``info["local_graph"]``.
+
+        The same random-policy probe for every agent and every point of a run, so the numbers are comparable along
+        a learning curve and across agents. Empty before the first fit.
+        """
+        if not self.ready:
+            return {}
+        from cwm_rl.data import TransitionWindows, collect
+        from cwm_rl.wm_evaluation import SUMMARY_KEYS, evaluate_windows
+
+        window = max(horizons)
+        layout = self.layout
+        with tempfile.TemporaryDirectory() as tmp:
+            seed = PROBE_SEED_OFFSET + self.seed * 1_000 + self.model_updates % 1_000
+            collect(layout.env_id, transitions, Path(tmp) / "probe", seed=seed, num_envs=8, env_kwargs=self.env_kwargs)
+            ds = TransitionWindows(Path(tmp) / "probe", window, stride=window)
+            out = evaluate_windows(self.model, self.norm, ds, list(layout.slot_dims), layout.slot_names, horizons)
+        return {k: float(out[k]) for k in SUMMARY_KEYS if k in out}
+
+    def state(self) -> dict[str, Any]:
+        """Everything :meth:`load_state` restores: weights, optimiser, normaliser, update count, torch stream."""
+        return {
+            "model_state": self.model.state_dict(),
+            "optim_state": self.optim.state_dict(),
+            "normalizer": self.norm.state() if self.norm is not None else None,
+            "model_updates": self.model_updates,
+            "torch_rng": self._torch_rng,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` returned (the model is left in eval mode)."""
+        self.model.load_state_dict(state["model_state"])
+        self.optim.load_state_dict(state["optim_state"])
+        self.norm = Normalizer.from_state(state["normalizer"]) if state["normalizer"] is not None else None
+        self.model_updates = int(state["model_updates"])
+        self._torch_rng = state["torch_rng"]
+        self.model.eval()
+
+
+def sb3_transitions(
+    last_obs: Any, local_vars: dict[str, Any], layout: EnvLayout
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """One vector step of a Stable-Baselines3 off- or on-policy collection loop as a :class:`SequenceBuffer` step.
+
+    ``last_obs`` is the algorithm's ``_last_obs`` (the observation the action was chosen from) and ``local_vars``
+    the callback's ``self.locals`` (``new_obs``, ``rewards``, ``dones``, ``infos`` and the env actions,
+    ``clipped_actions`` for on-policy algorithms, ``actions`` for off-policy ones). ``next_obs`` is the true next
+    observation (``info["terminal_observation"]`` when the sub-env was reset), ``terminated`` excludes time-limit
+    truncations, and a step whose ``info`` carries no ``"local_graph"`` is marked invalid.
+
+    Returns:
+        ``(step, valid, episode_end)`` for :meth:`SequenceBuffer.add`.
+    """
+    new_obs = np.asarray(local_vars["new_obs"], dtype=np.float32)
+    n = new_obs.shape[0]
+    infos = local_vars["infos"]
+    dones = np.asarray(local_vars["dones"], dtype=bool).reshape(n)
+    actions = np.asarray(local_vars["clipped_actions"] if "clipped_actions" in local_vars else local_vars["actions"])
+    actions = actions.reshape(n).astype(np.int64) if layout.discrete else actions.reshape(n, -1).astype(np.float32)
+    next_obs = new_obs.reshape(n, -1).copy()
+    terminated = np.zeros(n, dtype=bool)
+    graphs = np.zeros((n, *layout.graph_shape), dtype=bool)
+    valid = np.zeros(n, dtype=bool)
+    for i, info in enumerate(infos):
+        if dones[i] and "terminal_observation" in info:
+            next_obs[i] = np.asarray(info["terminal_observation"], dtype=np.float32).reshape(-1)
+        terminated[i] = dones[i] and not info.get("TimeLimit.truncated", False)
+        if "local_graph" in info:
+            graphs[i] = info["local_graph"]
+            valid[i] = True
+    step = {
+        "obs": np.array(last_obs, dtype=np.float32).reshape(n, -1),
+        "action": actions,
+        "reward": np.asarray(local_vars["rewards"], dtype=np.float32).reshape(n),
+        "next_obs": next_obs,
+        "terminated": terminated,
+        "local_graph": graphs,
+    }
+    return step, valid, dones
+
+
+__all__ = ["PROBE_SEED_OFFSET", "EnvLayout", "LearnerConfig", "WorldModelLearner", "sb3_transitions"]
