@@ -1,12 +1,16 @@
 """The agent protocol every agent follows, model-based or model-free, so ``cwm-rl train/eval/compare`` treat them
-alike (``shared/DESIGN.md``, "Agent")."""
+alike (``shared/DESIGN.md``, "Agent"), and :func:`torch_threads`, which the agents use to run their small networks
+on a set number of torch CPU threads."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
 
 @runtime_checkable
@@ -26,3 +30,16 @@ class Agent(Protocol):
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray: ...
 
     def save(self, path: str | os.PathLike[str]) -> None: ...
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch CPU threads, then restore the caller's setting."""
+    before = torch.get_num_threads()
+    if n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -48,7 +48,6 @@ from torch import nn
 
 from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides, from_dict, to_dict
-from cwm_rl.data import make_vector_env
 from cwm_rl.envs.registration import spec_of
 from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.world_model import SlotModelConfig
@@ -70,6 +69,7 @@ _RESERVED_SB3 = {
     "replay_buffer_class": "the Dyna agent's MixedReplayBuffer",
     "replay_buffer_kwargs": "dyna.real_ratio and dyna.model_buffer_size",
     "gradient_steps": "dyna.utd (gradient steps per real env step)",
+    "threads": "dyna.threads",
 }
 
 
@@ -381,11 +381,8 @@ class DynaAgent:
         self.seed = int(seed)
         self.env_kwargs = dict(env_kwargs or {})
         self.log = log
-        venv, self.env_id = make_vector_env(env_id, 1, self.env_kwargs)
-        try:
-            self.layout = EnvLayout.of(venv, self.env_id)
-        finally:
-            venv.close()
+        self.layout = EnvLayout.for_env(env_id, self.env_kwargs)
+        self.env_id = self.layout.env_id
         self.algo = ("dqn" if self.layout.discrete else "sac") if cfg.algo == "auto" else check_algo(cfg.algo)
         self.sb3 = SB3Agent(
             self.algo,
@@ -421,6 +418,7 @@ class DynaAgent:
         return {
             **user,
             "gradient_steps": max(1, int(round(cfg.utd * env_steps_per_round))),
+            "threads": cfg.threads,  # SB3Agent.learn runs on these threads (the world model's fits run inside it)
             "replay_buffer_class": MixedReplayBuffer,
             "replay_buffer_kwargs": {"real_ratio": cfg.real_ratio, "model_buffer_size": cfg.model_buffer_size},
         }

@@ -40,6 +40,8 @@ from cwm_rl.config import ConfigError, env_table_key, load_env_table
 from cwm_rl.envs.registration import check_env_kwargs, spec_of
 from cwm_rl.errors import InvalidArgumentError
 
+from .base import torch_threads
+
 SB3_ALGOS: tuple[str, ...] = ("ppo", "a2c", "dqn", "sac")
 
 _ALGO_CLASSES: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "dqn": DQN, "sac": SAC}
@@ -52,8 +54,9 @@ _FITTING_SPACES: dict[str, tuple[type[spaces.Space], ...]] = {
     "sac": (spaces.Box,),
 }
 
-# Keys of ours in the YAML files that are not SB3 constructor arguments.
-_OWN_KEYS = ("n_envs",)
+# Keys of ours in the YAML files that are not SB3 constructor arguments: the number of training envs, and the
+# torch CPU threads SB3Agent runs learn/predict with (default 1, see SB3Agent.threads).
+_OWN_KEYS = ("n_envs", "threads")
 
 # SB3 constructor arguments that SB3Agent sets from its own arguments, so a hyperparameter file must not.
 _RESERVED_KEYS = {
@@ -147,8 +150,8 @@ def load_hyperparams(
     Args:
         algo: one of :data:`SB3_ALGOS`.
         env_id: the env id; its entry is looked up by exact id, then by the id without ``-OOD``.
-        overrides: flat keys (SB3 constructor arguments plus ``n_envs`` and ``policy``) merged last; a
-            ``policy_kwargs`` override replaces the whole mapping.
+        overrides: flat keys (SB3 constructor arguments plus ``policy``, ``n_envs`` and ``threads``) merged last;
+            a ``policy_kwargs`` override replaces the whole mapping.
         path: a YAML file to read instead of the shipped ``agents/configs/<algo>.yaml``.
 
     Returns:
@@ -190,8 +193,8 @@ def _validated(algo: str, entry: dict[str, Any], where: str) -> dict[str, Any]:
             hint = difflib.get_close_matches(str(key), allowed, n=1)
             suggestion = f"did you mean {hint[0]!r}?" if hint else f"known keys: {', '.join(allowed)}"
             raise ConfigError(f"{where}: unknown key {key!r} for {algo}; {suggestion}")
-        if key == "n_envs":
-            _check_positive_int(value, f"{where}: n_envs")
+        if key in ("n_envs", "threads"):
+            _check_positive_int(value, f"{where}: {key}")
         elif key == "policy":
             _check_policy(algo, value, where)
         elif key == "policy_kwargs":
@@ -278,7 +281,8 @@ class SB3Agent:
         algo: the algorithm name (``"ppo"``, ...).
         env_id: the env id the agent trains on (the registered spec id).
         model: the SB3 model; use it for anything the protocol does not cover.
-        hyperparams: the resolved hyperparameters (``policy``, ``n_envs`` and SB3 constructor arguments).
+        hyperparams: the resolved hyperparameters (``policy``, ``n_envs``, ``threads`` and SB3 constructor
+            arguments).
         seed: the seed the training envs and the model were seeded from.
     """
 
@@ -345,6 +349,14 @@ class SB3Agent:
         return int(self.model.n_envs)
 
     @property
+    def threads(self) -> int:
+        """Torch CPU threads ``learn`` and ``predict`` run with (hyperparameter ``threads``, default 1; the caller's
+        setting is restored afterwards). One thread: SB3's small MLP policies gain nothing from a second one, and
+        on a busy machine (the env stepping, other jobs) extra threads wait on each other; see
+        ``docs/design_notes.md``, "Agents", for the measurement."""
+        return int(self.hyperparams.get("threads", 1))
+
+    @property
     def env(self) -> VecEnv:
         """The vectorised training envs."""
         env = self.model.get_env()
@@ -366,13 +378,14 @@ class SB3Agent:
             raise InvalidArgumentError(f"total_env_steps={total_env_steps!r} must be a positive integer")
         if total_env_steps < 1:
             raise InvalidArgumentError(f"total_env_steps={total_env_steps} must be a positive integer")
-        self.model.learn(
-            total_timesteps=int(total_env_steps),
-            callback=callback,
-            tb_log_name=tb_log_name or self.algo.upper(),
-            reset_num_timesteps=False,
-            progress_bar=False,
-        )
+        with torch_threads(self.threads):
+            self.model.learn(
+                total_timesteps=int(total_env_steps),
+                callback=callback,
+                tb_log_name=tb_log_name or self.algo.upper(),
+                reset_num_timesteps=False,
+                progress_bar=False,
+            )
         return self
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
@@ -383,7 +396,8 @@ class SB3Agent:
             ``(n, k)`` int64 for MultiDiscrete/MultiBinary.
         """
         obs = self._checked_obs(obs)
-        actions, _ = self.model.predict(obs, deterministic=deterministic)
+        with torch_threads(self.threads):
+            actions, _ = self.model.predict(obs, deterministic=deterministic)
         actions = np.asarray(actions)
         if isinstance(self.model.action_space, spaces.Box):
             return actions.astype(np.float32, copy=False).reshape(len(obs), *self.model.action_space.shape)

@@ -21,12 +21,14 @@ from cwm_rl.checkpoint import atomic_write_json
 from cwm_rl.config import ConfigError, apply_overrides, load_yaml, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 
+from .base import torch_threads
 from .dyna import DYNA_AGENTS, DynaAgent, DynaConfig, dyna_config_for
 from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
-from .wm_probe import RETURN_SEED_OFFSET, WorldModelProbeCallback, imagined_vs_real_return, torch_threads
+from .wm_probe import RETURN_SEED_OFFSET, WorldModelProbeCallback, imagined_vs_real_return
+from .world_model_learner import EVAL_ENVS, EVAL_HORIZONS, min_eval_transitions
 
 AGENTS = (*MPC_AGENTS, *DYNA_AGENTS, *SB3_ALGOS, "random")
 """Every agent id ``cwm-rl train --agent`` accepts."""
@@ -50,7 +52,8 @@ class TrainConfig:
         sb3_kwargs: SB3 hyperparameter overrides, merged over ``agents/configs/<algo>.yaml``.
         wm_probe_transitions: fresh random-policy transitions on which a model-based agent's world model (or a
             baseline's probe, see ``wm_probe``) is evaluated at every evaluation (prediction error at 1/5/10 steps,
-            graph SHD/F1, imagined vs real return of the current policy); 0 turns it off.
+            graph SHD/F1, imagined vs real return of the current policy); 0 turns it off, otherwise at least 73
+            (one 10-step window in the first of the 8 evaluation sub-envs).
         wm_probe: SB3 baselines train a probe world model on the transitions they experience
             (:class:`~cwm_rl.agents.wm_probe.WorldModelProbeCallback`, cheap default schedule), so their ``wm_*``
             curves read like a model-based agent's; false turns it off.
@@ -93,6 +96,12 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"agent={cfg.agent!r} is not one of {', '.join(AGENTS)}")
     if cfg.wm_probe_transitions < 0:
         raise ConfigError(f"wm_probe_transitions={cfg.wm_probe_transitions} must be >= 0 (0: no probe)")
+    if 0 < cfg.wm_probe_transitions < min_eval_transitions():
+        raise ConfigError(
+            f"wm_probe_transitions={cfg.wm_probe_transitions} is too few to judge a world model: it must be >= "
+            f"{min_eval_transitions()} (spread over {EVAL_ENVS} random-policy sub-envs, the first must run one "
+            f"{max(EVAL_HORIZONS)}-step evaluation window), or 0 for no probe"
+        )
     for name in ("steps", "eval_every", "eval_episodes"):
         value = getattr(cfg, name)
         if value < 1:

@@ -3,32 +3,29 @@
 A model-free baseline has no world model, yet the question "when would a causal world model trained on this
 agent's own experience become good, and how does that track the return?" applies to it as much as to the
 model-based agent. :class:`WorldModelProbeCallback` answers it for any Stable-Baselines3 algorithm: it records the
-real transitions the agent experiences in its vectorised training env (with the env's ``info["local_graph"]``),
-keeps them in the same :class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer` the model-based agent uses, and fits a
-probe slot-SSM world model on them on a cheap schedule, with the same loss
-(:func:`cwm_rl.wm_training.world_model_loss`). The probe never influences the agent (it only reads ``self.locals``
-and has its own torch and numpy random streams), so a baseline trains exactly as it would without it.
+real transitions the agent experiences in its vectorised training env (with the env's ``info["local_graph"]``) with
+the Dyna agent's :func:`~cwm_rl.agents.world_model_learner.sb3_transitions`, keeps them in the same
+:class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer` the model-based agents use, and fits a probe slot-SSM world
+model on them on a cheap schedule with the model-based agents' own
+:class:`~cwm_rl.agents.world_model_learner.WorldModelLearner` (a smaller model and batch: :class:`ProbeConfig`). The
+probe never influences the agent (it only reads ``self.locals``, and its learner has its own torch and numpy random
+streams), so a baseline trains exactly as it would without it.
 
-Its numbers come from :func:`world_model_probe_metrics`, the same protocol as the model-based agent's
-``world_model_metrics`` (fresh random-policy transitions, :func:`cwm_rl.wm_evaluation.evaluate_windows`), so the
-``wm_*`` curves of a baseline and of a model-based agent are comparable.
+Its numbers come from :meth:`WorldModelLearner.metrics <cwm_rl.agents.world_model_learner.WorldModelLearner.metrics>`,
+the model-based agents' ``world_model_metrics`` protocol (fresh random-policy transitions,
+:func:`cwm_rl.wm_evaluation.evaluate_windows`), so the ``wm_*`` curves of a baseline and of a model-based agent are
+comparable.
 
 :func:`imagined_vs_real_return` measures what a planner or a Dyna learner relies on: from real start states, the
 return the model predicts for the current policy (the policy acting on imagined observations) against the return
 the real env gives it.
-
-The fitting and metric code is kept in small functions (:func:`make_probe_model`, :func:`fit_steps`,
-:func:`world_model_probe_metrics`) so it can be shared with the model-based agent's own learner.
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,18 +34,14 @@ from gymnasium import spaces
 from stable_baselines3.common.callbacks import BaseCallback
 from torch import nn
 
-from cwm_rl.data import TransitionWindows, collect, make_vector_env
+from cwm_rl.data import make_vector_env
 from cwm_rl.errors import InvalidArgumentError
-from cwm_rl.models.factory import make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
-from cwm_rl.wm_evaluation import SUMMARY_KEYS, Normalizer, evaluate_windows
-from cwm_rl.wm_training import WMTrainConfig, world_model_loss
+from cwm_rl.wm_evaluation import Normalizer
 
+from .base import torch_threads
 from .sequence_buffer import SequenceBuffer
-
-PROBE_SEED_OFFSET = 2_000_000
-"""Probe data (fresh random-policy transitions) is seeded far from training and evaluation seeds; the same offset
-as the model-based agent's ``world_model_metrics``, so both are judged on the same kind of data."""
+from .world_model_learner import EVAL_HORIZONS, EnvLayout, WorldModelLearner, sb3_transitions
 
 RETURN_SEED_OFFSET = 3_000_000
 """Start states of :func:`imagined_vs_real_return` in the training script (fixed per run, so every evaluation
@@ -69,6 +62,8 @@ class ProbeConfig:
 
     Attributes:
         model: world-model kind of :mod:`cwm_rl.models.factory` (``slot-ssm``: the main model, with a graph).
+        slot: the slot model's architecture (``d_model`` 16, half the model-based agent's, for cost);
+            ``mlp_hidden``/``mlp_layers`` the MLP's (``model: mlp``).
         seed_steps: real transitions collected before the first fit (its normaliser statistics come from them).
         first_updates: gradient steps of the first fit; ``updates`` of every later one.
         train_every: real transitions between fits.
@@ -78,7 +73,9 @@ class ProbeConfig:
             of a small model learned the Pong graph fastest in a quick sweep).
         threads: torch CPU threads while fitting and judging (1 is fastest for these small batches; the caller's
             setting is restored afterwards).
-        slot: the slot model's architecture (``d_model`` 16, half the model-based agent's, for cost).
+
+    The world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``, ``batch_size``,
+    ``sparsity_weight``) are those of :class:`~cwm_rl.agents.world_model_learner.LearnerConfig`.
     """
 
     model: str = "slot-ssm"
@@ -93,11 +90,14 @@ class ProbeConfig:
     sparsity_weight: float = 0.02
     threads: int = 1
     slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=16))
+    mlp_hidden: int = 256
+    mlp_layers: int = 3
 
 
 def check_probe_config(cfg: ProbeConfig) -> None:
     """One line per value that cannot work."""
-    for name in ("first_updates", "train_every", "buffer_size", "window", "batch_size", "threads"):
+    positive = ("first_updates", "train_every", "buffer_size", "window", "batch_size", "threads")
+    for name in (*positive, "mlp_hidden", "mlp_layers"):
         if getattr(cfg, name) < 1:
             raise InvalidArgumentError(f"probe {name}={getattr(cfg, name)} must be a positive integer")
     for name in ("seed_steps", "updates"):
@@ -105,121 +105,6 @@ def check_probe_config(cfg: ProbeConfig) -> None:
             raise InvalidArgumentError(f"probe {name}={getattr(cfg, name)} must be >= 0")
     if not cfg.lr > 0:
         raise InvalidArgumentError(f"probe lr={cfg.lr} must be > 0")
-
-
-# ------------------------------------------------------------------------------------------ model, fit, metrics
-
-
-@dataclass
-class EnvLayout:
-    """What a world model needs to know about an env: slots, action kind, graph shape."""
-
-    env_id: str
-    slot_names: tuple[str, ...]
-    slot_dims: list[int]
-    action_spec: tuple[str, int]
-    action_start: int
-
-    @property
-    def graph_shape(self) -> tuple[int, int]:
-        return (len(self.slot_names), len(self.slot_names) + 1)
-
-    @property
-    def discrete(self) -> bool:
-        return self.action_spec[0] == "discrete"
-
-
-def env_layout(env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvLayout:
-    """Read the slot layout and action space of a registered causal env (builds one cheap vector env)."""
-    venv, spec_id = make_vector_env(env_id, 1, dict(env_kwargs or {}))
-    try:
-        space = venv.single_action_space
-        if isinstance(space, spaces.Discrete):
-            action_spec, start = ("discrete", int(space.n)), int(space.start)
-        elif isinstance(space, spaces.Box):
-            action_spec, start = ("continuous", int(np.prod(space.shape))), 0
-        else:
-            raise InvalidArgumentError(f"{spec_id} has action space {space}; a world model needs Discrete or Box")
-        dims = [s.stop - s.start for s in venv.slot_slices.values()]
-        return EnvLayout(spec_id, tuple(venv.slot_names), dims, action_spec, start)
-    finally:
-        venv.close()
-
-
-def make_probe_model(layout: EnvLayout, cfg: ProbeConfig, seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """A fresh world model and its AdamW optimiser, initialised from ``seed`` without touching torch's global
-    random stream."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = make_world_model(cfg.model, layout.slot_dims, layout.action_spec, cfg.slot)
-    model.eval()
-    return model, torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with ``n`` torch CPU threads, then restore the caller's setting."""
-    before = torch.get_num_threads()
-    if n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
-def fit_steps(
-    model: nn.Module,
-    optim: torch.optim.Optimizer,
-    buffer: SequenceBuffer,
-    norm: Normalizer,
-    updates: int,
-    batch_size: int,
-    rng: np.random.Generator,
-    loss_cfg: WMTrainConfig,
-) -> dict[str, float]:
-    """``updates`` gradient steps on random windows of ``buffer`` (the model-based agent's recipe: the loss of
-    ``cwm-rl wm-train``, gradient clipping at 1); returns the mean of each loss part. Uses the caller's torch
-    random stream (wrap it in ``torch.random.fork_rng`` to keep the global one untouched)."""
-    model.train()
-    sums: dict[str, float] = {}
-    for _ in range(updates):
-        batch = buffer.sample(batch_size, rng)
-        loss, parts = world_model_loss(model, batch, norm, loss_cfg)
-        optim.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optim.step()
-        for k, v in parts.items():
-            sums[k] = sums.get(k, 0.0) + float(v.detach())
-    model.eval()
-    return {k: v / max(updates, 1) for k, v in sums.items()}
-
-
-def world_model_probe_metrics(
-    model: nn.Module,
-    norm: Normalizer,
-    layout: EnvLayout,
-    transitions: int = 1000,
-    seed: int = PROBE_SEED_OFFSET,
-    env_kwargs: dict[str, Any] | None = None,
-    horizons: Sequence[int] = (1, 5, 10),
-) -> dict[str, float]:
-    """A world model judged on ``transitions`` fresh random-policy transitions of the env (seeded by ``seed``):
-    prediction error (teacher-forced and open-loop at ``horizons`` steps) and local-graph SHD/F1/AUROC against the
-    env's ``info["local_graph"]`` — the model-based agent's ``world_model_metrics`` protocol, keys of
-    :data:`cwm_rl.wm_evaluation.SUMMARY_KEYS` (graph keys only for models with a graph).
-
-    Raises:
-        ValueError: ``transitions`` is too few to hold one window of ``max(horizons)`` steps.
-    """
-    window = max(horizons)
-    with tempfile.TemporaryDirectory() as tmp, torch.random.fork_rng(devices=[]):
-        collect(layout.env_id, transitions, Path(tmp) / "probe", seed=seed, num_envs=8, env_kwargs=env_kwargs)
-        ds = TransitionWindows(Path(tmp) / "probe", window, stride=window)
-        out = evaluate_windows(model, norm, ds, layout.slot_dims, layout.slot_names, horizons)
-    return {k: float(out[k]) for k in SUMMARY_KEYS if k in out}
 
 
 # ------------------------------------------------------------------------------------------- imagined vs real
@@ -366,11 +251,13 @@ class WorldModelProbeCallback(BaseCallback):
 
     Add it to ``model.learn(callback=...)`` (or ``SB3Agent.learn``) of any SB3 algorithm (PPO, A2C, DQN, SAC)
     whose training env is a vector env of a cwm_rl causal env. After every vector step it stores, per sub-env,
-    ``(obs, action, reward, next_obs, terminated, local_graph)``: ``obs`` is the algorithm's ``_last_obs`` (the
-    observation the action was chosen from), ``next_obs`` the true next observation (``info["terminal_observation"]``
-    when the sub-env was reset), ``terminated`` excludes time-limit truncations, and steps whose ``info`` carries no
-    ``"local_graph"`` are skipped. Every ``train_every`` transitions it takes a few gradient steps
-    (:class:`ProbeConfig`). It never changes what the agent does or samples.
+    ``(obs, action, reward, next_obs, terminated, local_graph)`` as
+    :func:`~cwm_rl.agents.world_model_learner.sb3_transitions` reads them: ``obs`` is the algorithm's ``_last_obs``
+    (the observation the action was chosen from), ``next_obs`` the true next observation
+    (``info["terminal_observation"]`` when the sub-env was reset), ``terminated`` excludes time-limit truncations,
+    and steps whose ``info`` carries no ``"local_graph"`` are skipped. Every ``train_every`` transitions it takes a
+    few gradient steps of its :class:`~cwm_rl.agents.world_model_learner.WorldModelLearner` (:class:`ProbeConfig`).
+    It never changes what the agent does or samples.
 
     Args:
         env_id: the causal env the agent trains on; ``env_kwargs`` its constructor arguments.
@@ -380,10 +267,11 @@ class WorldModelProbeCallback(BaseCallback):
             tagged ``world_model/<part>`` as the model-based agent's.
 
     Attributes:
-        world_model, optim, norm: the probe world model, its optimiser and normaliser (``norm`` is None before the
-            first fit, when :attr:`ready` is False). (``model`` is SB3's: the algorithm the callback is attached to.)
+        learner: the probe's world-model learner; ``world_model``, ``optim``, ``norm`` and ``model_updates`` are
+            its model, optimiser, normaliser (None before the first fit, when :attr:`ready` is False) and gradient
+            steps. (``model`` is SB3's: the algorithm the callback is attached to.)
         buffer: the stored transitions (None before training starts).
-        fits, model_updates, fit_seconds: how much fitting it has done and the wall time it took.
+        fits, fit_seconds: how many fits it has done and the wall time they took.
     """
 
     def __init__(
@@ -398,27 +286,46 @@ class WorldModelProbeCallback(BaseCallback):
         self.config = cfg = config or ProbeConfig()
         check_probe_config(cfg)
         self.env_kwargs = dict(env_kwargs or {})
-        self.layout = env_layout(env_id, self.env_kwargs)
+        self.layout = EnvLayout.for_env(env_id, self.env_kwargs)
         self.probe_seed = int(seed)
         self.log = log
-        self.world_model, self.optim = make_probe_model(self.layout, cfg, self.probe_seed)
-        self.norm: Normalizer | None = None
+        self.learner = WorldModelLearner(
+            self.layout, cfg, seed=self.probe_seed, env_kwargs=self.env_kwargs, log=self._emit
+        )
         self.buffer: SequenceBuffer | None = None
-        self._rng = np.random.default_rng(self.probe_seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.probe_seed + 1)
-            self._torch_rng = torch.get_rng_state()
-        self._loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
         self._since_fit = 0
         self.transitions_seen = 0
         self.fits = 0
-        self.model_updates = 0
         self.fit_seconds = 0.0
+
+    @property
+    def world_model(self) -> nn.Module:
+        """The probe world model."""
+        return self.learner.model
+
+    @property
+    def optim(self) -> torch.optim.Optimizer:
+        """Its optimiser."""
+        return self.learner.optim
+
+    @property
+    def norm(self) -> Normalizer | None:
+        """Its normaliser (None before the first fit)."""
+        return self.learner.norm
+
+    @property
+    def model_updates(self) -> int:
+        """Gradient steps taken so far."""
+        return self.learner.model_updates
 
     @property
     def ready(self) -> bool:
         """True once the probe has been fitted (its metrics exist)."""
-        return self.norm is not None
+        return self.learner.ready
+
+    def _emit(self, tag: str, value: float) -> None:
+        if self.log is not None:
+            self.log(tag, value, int(self.num_timesteps))
 
     def _init_callback(self) -> None:
         n_envs = self.training_env.num_envs
@@ -435,34 +342,10 @@ class WorldModelProbeCallback(BaseCallback):
 
     def record(self, last_obs: Any, local_vars: dict[str, Any]) -> int:
         """Store one vector step from an SB3 ``collect_rollouts`` frame; returns the transitions stored."""
-        new_obs = np.asarray(local_vars["new_obs"], dtype=np.float32)
-        n = new_obs.shape[0]
+        step, valid, ended = sb3_transitions(last_obs, local_vars, self.layout)
         if self.buffer is None:
-            self.buffer = SequenceBuffer(n, self.config.buffer_size, self.config.window)
-        infos = local_vars["infos"]
-        dones = np.asarray(local_vars["dones"], dtype=bool).reshape(n)
-        actions = local_vars["clipped_actions"] if "clipped_actions" in local_vars else local_vars["actions"]
-        actions = _action_tensor(actions, self.layout.discrete, n).numpy()
-        next_obs = new_obs.copy()
-        terminated = np.zeros(n, dtype=bool)
-        graphs = np.zeros((n, *self.layout.graph_shape), dtype=bool)
-        valid = np.zeros(n, dtype=bool)
-        for i, info in enumerate(infos):
-            if dones[i] and "terminal_observation" in info:
-                next_obs[i] = np.asarray(info["terminal_observation"], dtype=np.float32)
-            terminated[i] = dones[i] and not info.get("TimeLimit.truncated", False)
-            if "local_graph" in info:
-                graphs[i] = info["local_graph"]
-                valid[i] = True
-        step = {
-            "obs": np.array(last_obs, dtype=np.float32).reshape(n, -1),
-            "action": actions,
-            "reward": np.asarray(local_vars["rewards"], dtype=np.float32).reshape(n),
-            "next_obs": next_obs.reshape(n, -1),
-            "terminated": terminated,
-            "local_graph": graphs,
-        }
-        self.buffer.add(step, valid, dones)
+            self.buffer = SequenceBuffer(len(valid), self.config.buffer_size, self.config.window)
+        self.buffer.add(step, valid, ended)
         stored = int(valid.sum())
         self.transitions_seen += stored
         self._since_fit += stored
@@ -470,49 +353,27 @@ class WorldModelProbeCallback(BaseCallback):
 
     def fit(self, updates: int) -> dict[str, float]:
         """``updates`` gradient steps on the stored windows (the first call fixes the normaliser from the data so
-        far); returns the mean loss parts. Uses the probe's own torch and numpy random streams."""
+        far); returns the mean loss parts. Uses the learner's own torch and numpy random streams."""
         assert self.buffer is not None
         start = time.perf_counter()
-        if self.norm is None:
-            data = self.buffer.arrays()
-            self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.layout.action_start)
-        with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(self._torch_rng)
-            args = (self.buffer, self.norm, updates, self.config.batch_size, self._rng, self._loss_cfg)
-            parts = fit_steps(self.world_model, self.optim, *args)
-            self._torch_rng = torch.get_rng_state()
+        with torch_threads(self.config.threads):
+            parts = self.learner.fit(self.buffer, updates)
         self.fits += 1
-        self.model_updates += updates
         self._since_fit = 0
-        seconds = time.perf_counter() - start
-        self.fit_seconds += seconds
-        if self.log is not None:
-            step = int(self.num_timesteps)
-            for k, v in parts.items():
-                self.log(f"world_model/{k}", v, step)
-            self.log("world_model/fit_seconds", seconds, step)
+        self.fit_seconds += time.perf_counter() - start
         return parts
 
-    def metrics(self, transitions: int = 1000, horizons: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-        """The probe judged on fresh random-policy transitions (:func:`world_model_probe_metrics`); empty before
-        the first fit."""
-        if not self.ready:
-            return {}
-        assert self.norm is not None
-        seed = PROBE_SEED_OFFSET + self.probe_seed * 1_000 + self.model_updates % 1_000
-        with torch_threads(self.config.threads):
-            return world_model_probe_metrics(
-                self.world_model, self.norm, self.layout, transitions, seed, self.env_kwargs, horizons
-            )
+    def metrics(self, transitions: int = 1000, horizons: Sequence[int] = EVAL_HORIZONS) -> dict[str, float]:
+        """The probe judged on fresh random-policy transitions (:meth:`WorldModelLearner.metrics`, the model-based
+        agents' protocol); empty before the first fit. Torch's global random stream is left as it was."""
+        with torch_threads(self.config.threads), torch.random.fork_rng(devices=[]):
+            return self.learner.metrics(transitions, horizons)
 
 
 __all__ = [
-    "EnvLayout",
+    "RETURN_SEED_OFFSET",
     "ProbeConfig",
     "WorldModelProbeCallback",
-    "env_layout",
-    "fit_steps",
+    "check_probe_config",
     "imagined_vs_real_return",
-    "make_probe_model",
-    "world_model_probe_metrics",
 ]

@@ -42,6 +42,20 @@ PROBE_SEED_OFFSET = 2_000_000
 """The random-policy transitions of :meth:`WorldModelLearner.metrics` are seeded far from training and evaluation
 seeds (evaluation uses 1,000,000), so the model is never judged on episodes it trained on."""
 
+EVAL_ENVS = 8
+"""Sub-envs that collect the random-policy transitions of :meth:`WorldModelLearner.metrics` (each gets about
+``transitions / EVAL_ENVS`` consecutive steps)."""
+
+EVAL_HORIZONS = (1, 5, 10)
+"""Open-loop horizons of :meth:`WorldModelLearner.metrics`; the longest is the evaluation window."""
+
+
+def min_eval_transitions(horizons: Sequence[int] = EVAL_HORIZONS) -> int:
+    """The fewest random-policy transitions :meth:`WorldModelLearner.metrics` can judge a model on: the
+    transitions are spread over :data:`EVAL_ENVS` sub-envs, and the first must run one window of ``max(horizons)``
+    steps (``EVAL_ENVS * (max(horizons) - 1) + 1``: 73 for the default horizons)."""
+    return EVAL_ENVS * (max(horizons) - 1) + 1
+
 
 @dataclass(frozen=True)
 class EnvLayout:
@@ -77,6 +91,22 @@ class EnvLayout:
             raise InvalidArgumentError(f"{env_id} has action space {space}; a world model needs Discrete or Box")
         dims = tuple(s.stop - s.start for s in vector_env.slot_slices.values())
         return cls(env_id, tuple(vector_env.slot_names), dims, action_spec, start)
+
+    @classmethod
+    def for_env(cls, env_id: str, env_kwargs: dict[str, Any] | None = None) -> EnvLayout:
+        """The layout of a registered causal env, read from one cheap vector env (built and closed here).
+
+        Raises:
+            InvalidArgumentError: bad env kwargs, or an action space that is neither Discrete nor Box.
+            UnknownEnvError: ``env_id`` is not registered.
+        """
+        from cwm_rl.data import make_vector_env
+
+        venv, spec_id = make_vector_env(env_id, 1, dict(env_kwargs or {}))
+        try:
+            return cls.of(venv, spec_id)
+        finally:
+            venv.close()
 
     @property
     def discrete(self) -> bool:
@@ -185,13 +215,23 @@ class WorldModelLearner:
             self.log("world_model/fit_seconds", time.perf_counter() - start)
         return means
 
-    def metrics(self, transitions: int = 1000, horizons: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    def metrics(self, transitions: int = 1000, horizons: Sequence[int] = EVAL_HORIZONS) -> dict[str, float]:
         """The model judged on ``transitions`` fresh real transitions (random actions, unseen seeds): prediction
-        error at 1/5/10 open-loop steps and local-graph SHD/F1/AUROC against the env's ``info["local_graph"]``.
+        error at 1/5/10 open-loop steps and local-graph SHD/F1/AUROC against the env's ``info["local_graph"]``
+        (keys of :data:`cwm_rl.wm_evaluation.SUMMARY_KEYS`; graph keys only for models with a graph).
 
         The same random-policy probe for every agent and every point of a run, so the numbers are comparable along
-        a learning curve and across agents. Empty before the first fit.
+        a learning curve and across agents. Empty before the first fit. The evaluation data's iterator draws from
+        torch's global random stream (callers that must not touch it wrap the call in ``torch.random.fork_rng``).
+
+        Raises:
+            InvalidArgumentError: ``transitions`` is below :func:`min_eval_transitions` (no window to judge).
         """
+        if transitions < min_eval_transitions(horizons):
+            raise InvalidArgumentError(
+                f"transitions={transitions} cannot judge a world model: it needs >= {min_eval_transitions(horizons)} "
+                f"(spread over {EVAL_ENVS} random-policy sub-envs, the first must run one {max(horizons)}-step window)"
+            )
         if not self.ready:
             return {}
         from cwm_rl.data import TransitionWindows, collect
@@ -201,7 +241,8 @@ class WorldModelLearner:
         layout = self.layout
         with tempfile.TemporaryDirectory() as tmp:
             seed = PROBE_SEED_OFFSET + self.seed * 1_000 + self.model_updates % 1_000
-            collect(layout.env_id, transitions, Path(tmp) / "probe", seed=seed, num_envs=8, env_kwargs=self.env_kwargs)
+            kwargs = {"seed": seed, "num_envs": EVAL_ENVS, "env_kwargs": self.env_kwargs}
+            collect(layout.env_id, transitions, Path(tmp) / "probe", **kwargs)
             ds = TransitionWindows(Path(tmp) / "probe", window, stride=window)
             out = evaluate_windows(self.model, self.norm, ds, list(layout.slot_dims), layout.slot_names, horizons)
         return {k: float(out[k]) for k in SUMMARY_KEYS if k in out}
@@ -268,4 +309,13 @@ def sb3_transitions(
     return step, valid, dones
 
 
-__all__ = ["PROBE_SEED_OFFSET", "EnvLayout", "LearnerConfig", "WorldModelLearner", "sb3_transitions"]
+__all__ = [
+    "EVAL_ENVS",
+    "EVAL_HORIZONS",
+    "PROBE_SEED_OFFSET",
+    "EnvLayout",
+    "LearnerConfig",
+    "WorldModelLearner",
+    "min_eval_transitions",
+    "sb3_transitions",
+]

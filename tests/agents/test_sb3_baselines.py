@@ -225,6 +225,7 @@ def test_shipped_files_fit_every_env():
         ({"gamma": "high"}, "gamma='high' must be a number"),
         ({"use_sde": 1}, "use_sde=1 must be true or false"),
         ({"n_envs": 0}, "n_envs=0 must be a positive integer"),
+        ({"threads": 0}, "threads=0 must be a positive integer"),
         ({"policy": "MlpPolicyy"}, "unknown policy 'MlpPolicyy' for ppo; did you mean 'MlpPolicy'?"),
         ({"policy_kwargs": {"activation_fn": "reluu"}}, "did you mean 'relu'?"),
         ({"policy_kwargs": [64]}, "policy_kwargs=[64] must be a mapping"),
@@ -235,6 +236,27 @@ def test_bad_hyperparameters(overrides, message):
     with pytest.raises(ConfigError) as info:
         load_hyperparams("ppo", "cwm/Chemistry-v0", overrides)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_learn_and_predict_run_on_the_threads_hyperparameter_and_restore_the_callers():
+    seen: list[int] = []
+
+    class _Threads(BaseCallback):
+        def _on_step(self) -> bool:
+            seen.append(torch.get_num_threads())
+            return True
+
+    agent = SB3Agent("ppo", "cwm/Chemistry-v0", hyperparams=TINY["ppo"])
+    assert agent.threads == 1 and agent.hyperparams["threads"] == 1  # the shipped default
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        agent.learn(64, callback=_Threads())
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        agent.predict(np.zeros((1, 30), np.float32))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_values_sb3_rejects_are_config_errors():

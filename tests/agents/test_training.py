@@ -106,6 +106,7 @@ def test_existing_run_dir_is_never_overwritten(tmp_path):
         (["--env", "cwm/Chemistry-v0", "--set", "mpc.planner.horizon=0"], "horizon"),
         (["--env", "cwm/Chemistry-v0", "--agent", "ppo", "--set", "sb3_kwargs={learning_rat: 0.1}"], "learning_rate"),
         (["--agent", "ppo"], "no env given"),
+        (["--env", "cwm/Chemistry-v0", "--set", "wm_probe_transitions=72"], "wm_probe_transitions=72 is too few"),
     ],
 )
 def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, message):

@@ -10,14 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from cwm_rl.agents.base import torch_threads
 from cwm_rl.agents.sb3_baselines import SB3Agent
-from cwm_rl.agents.wm_probe import (
-    ProbeConfig,
-    WorldModelProbeCallback,
-    env_layout,
-    imagined_vs_real_return,
-    torch_threads,
-)
+from cwm_rl.agents.wm_probe import ProbeConfig, WorldModelProbeCallback, imagined_vs_real_return
+from cwm_rl.agents.world_model_learner import EnvLayout
 from cwm_rl.cli import main
 from cwm_rl.models.world_model import Prediction
 from cwm_rl.wm_evaluation import Normalizer
@@ -125,7 +121,7 @@ def test_probe_fits_and_is_judged_like_the_model_based_agent_without_changing_th
 
 
 def test_real_return_is_the_envs_sum_of_rewards():
-    layout = env_layout(CHEM)
+    layout = EnvLayout.for_env(CHEM)
     model = _ConstantModel(layout, reward=0.0, termination_logit=-50.0)
     norm = _identity_norm(30)
     policy = lambda obs: np.full(len(obs), 4, dtype=np.int64)  # noqa: E731
@@ -146,7 +142,7 @@ def test_real_return_is_the_envs_sum_of_rewards():
 
 
 def test_imagined_return_follows_predicted_rewards_terminations_and_real_time_limits():
-    layout = env_layout(CHEM)
+    layout = EnvLayout.for_env(CHEM)
     policy = lambda obs: np.zeros(len(obs), dtype=np.int64)  # noqa: E731
     norm = _identity_norm(30)
     alive = _ConstantModel(layout, reward=0.5, termination_logit=-50.0)
