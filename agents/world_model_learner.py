@@ -221,8 +221,8 @@ class WorldModelLearner:
         (keys of :data:`cwm_rl.wm_evaluation.SUMMARY_KEYS`; graph keys only for models with a graph).
 
         The same random-policy probe for every agent and every point of a run, so the numbers are comparable along
-        a learning curve and across agents. Empty before the first fit. The evaluation data's iterator draws from
-        torch's global random stream (callers that must not touch it wrap the call in ``torch.random.fork_rng``).
+        a learning curve and across agents. Empty before the first fit. Leaves torch's global random stream as it
+        was, so evaluating never changes a run's training.
 
         Raises:
             InvalidArgumentError: ``transitions`` is below :func:`min_eval_transitions` (no window to judge).
@@ -239,7 +239,9 @@ class WorldModelLearner:
 
         window = max(horizons)
         layout = self.layout
-        with tempfile.TemporaryDirectory() as tmp:
+        # Forked: the evaluation data's iterator draws from torch's global random stream, which the agent's learner
+        # (SB3's sampling in Dyna) also uses, so how often a run is evaluated must not change its training.
+        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
             seed = PROBE_SEED_OFFSET + self.seed * 1_000 + self.model_updates % 1_000
             kwargs = {"seed": seed, "num_envs": EVAL_ENVS, "env_kwargs": self.env_kwargs}
             collect(layout.env_id, transitions, Path(tmp) / "probe", **kwargs)

@@ -110,6 +110,13 @@ def test_agent_learns_a_model_and_plans_valid_actions(trained_agent):
     assert len(agent.buffer) == agent.num_timesteps
 
 
+def test_judging_the_world_model_leaves_torch_global_random_stream_alone(trained_agent):
+    before = torch.get_rng_state()
+    metrics = trained_agent.world_model_metrics(200)
+    assert 0 <= metrics["f1"] <= 1 and metrics["open_loop_mse_10"] > 0
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 def test_same_seed_same_run():
     runs = []
     for _ in range(2):
