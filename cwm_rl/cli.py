@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--agent-steps", type=int, default=3000, help="env steps for causal-mpc and ppo (default 3000; 0: skip them)"
     )
     p.add_argument(
-        "--baseline-factor", type=int, default=10, help="also train ppo for this many times --agent-steps (default 10)"
+        "--baseline-factor", type=int, default=30, help="also train ppo for this many times --agent-steps (default 30)"
     )
     p.add_argument(
         "--set",
