@@ -32,6 +32,10 @@ def _run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{str(run)!r} is not a `cwm-rl train` run directory (no config.yaml)")
+    if (run / "checkpoint.pt").is_file() and not (run / "progress.json").is_file():
+        raise ConfigError(
+            f"{str(run)!r} is a world-model run (`cwm-rl wm-train`), not an agent run; use `cwm-rl wm-eval {run}`"
+        )
     return run, load_yaml(TrainConfig, run / "config.yaml")
 
 

@@ -159,6 +159,12 @@ def test_eval_and_compare_bad_input(tmp_path, capsys):
     save_yaml(train_cfg, tmp_path / "half" / "config.yaml")  # a run that never finished
     assert main(["compare", str(tmp_path / "half"), "--out", str(tmp_path / "cmp")]) == 2
     assert "did not finish" in capsys.readouterr().err
+    wm_run = tmp_path / "wm"  # a world-model run (cwm-rl wm-train) is pointed at its own command
+    wm_run.mkdir()
+    (wm_run / "config.yaml").write_text("model: slot-ssm\n")
+    (wm_run / "checkpoint.pt").write_bytes(b"")
+    assert main(["eval", str(wm_run)]) == 2
+    assert f"use `cwm-rl wm-eval {wm_run}`" in capsys.readouterr().err
 
 
 def test_config_resolution_env_defaults_then_user_overrides(tmp_path):
