@@ -9,10 +9,13 @@ wall time). Evaluation follows one fixed protocol for every agent (:mod:`cwm_rl.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 from cwm_rl.checkpoint import atomic_write_json
 from cwm_rl.config import ConfigError, apply_overrides, load_yaml, save_yaml, to_dict
 from cwm_rl.envs import spec_of
+from cwm_rl.errors import TrainingInterrupted
 
 from .base import torch_threads
 from .dyna import DYNA_AGENTS, DynaAgent, DynaConfig, dyna_config_for
@@ -162,6 +166,7 @@ class _Evaluator:
         self._next_postfix = 0
         self._last_eval = "-"
         self.probe: WorldModelProbeCallback | None = None  # an SB3 baseline's probe world model (_sb3_callback)
+        self.stop_requested = False  # set by Ctrl-C (_stop_on_sigint): learning stops after the current step
 
     def __call__(self, agent: Any) -> bool:
         self.bar.n = min(agent.num_timesteps, self.cfg.steps)
@@ -175,7 +180,7 @@ class _Evaluator:
             self.evaluate(agent)
             while self.next_at <= agent.num_timesteps:
                 self.next_at += self.cfg.eval_every
-        return True
+        return not self.stop_requested
 
     def evaluate(self, agent: Any) -> dict[str, Any]:
         result = evaluate_agent(agent, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.cfg.env_kwargs)
@@ -197,8 +202,7 @@ class _Evaluator:
             self.writer.flush()
         self._last_eval = f"{result['mean_return']:.2f}"
         self.bar.set_postfix(eval_return=self._last_eval)
-        agent.save(self.run / checkpoint_name(self.cfg.agent))
-        atomic_write_json(self.run / "progress.json", {"curve": self.curve})  # what --resume continues from
+        self.checkpoint(agent)
         return point
 
     def world_model_eval(self, agent: Any) -> dict[str, float]:
@@ -226,6 +230,11 @@ class _Evaluator:
                 )
             wm.update(returns)
         return wm
+
+    def checkpoint(self, agent: Any) -> None:
+        """Save the agent and the evaluation curve so far (what ``--resume`` continues from), both atomically."""
+        agent.save(self.run / checkpoint_name(self.cfg.agent))
+        atomic_write_json(self.run / "progress.json", {"curve": self.curve})
 
     def restore(self, agent: Any) -> None:
         """Continue the curve of a stopped run (``progress.json``) from where ``agent`` is."""
@@ -317,13 +326,20 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
     """Learn to ``cfg.steps`` with evaluations, then write ``metrics.json``."""
     remaining = cfg.steps - int(agent.num_timesteps)
     try:
-        if remaining > 0 and cfg.agent in SB3_ALGOS:
-            agent.learn(remaining, callback=_sb3_callback(evaluator, agent))
-        elif remaining > 0 and cfg.agent in (*MPC_AGENTS, *DYNA_AGENTS):  # one call: schedules span the run
-            agent.learn(remaining, callback=evaluator)
-        else:
-            while agent.num_timesteps < cfg.steps:
-                agent.learn(min(cfg.eval_every, cfg.steps - agent.num_timesteps), callback=evaluator)
+        with _stop_on_sigint(evaluator):
+            if remaining > 0 and cfg.agent in SB3_ALGOS:
+                agent.learn(remaining, callback=_sb3_callback(evaluator, agent))
+            elif remaining > 0 and cfg.agent in (*MPC_AGENTS, *DYNA_AGENTS):  # one call: schedules span the run
+                agent.learn(remaining, callback=evaluator)
+            else:
+                while agent.num_timesteps < cfg.steps and not evaluator.stop_requested:
+                    agent.learn(min(cfg.eval_every, cfg.steps - agent.num_timesteps), callback=evaluator)
+        if evaluator.stop_requested and agent.num_timesteps < cfg.steps:
+            evaluator.checkpoint(agent)
+            raise TrainingInterrupted(
+                f"interrupted at {agent.num_timesteps:,} of {cfg.steps:,} env steps; the checkpoint is saved: "
+                f"continue with `cwm-rl train --resume {run}`"
+            )
         if not evaluator.curve or evaluator.curve[-1]["env_steps"] != agent.num_timesteps:
             evaluator.evaluate(agent)  # the final policy is always evaluated
     finally:
@@ -348,6 +364,27 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
     }
     atomic_write_json(run / "metrics.json", metrics)
     return metrics
+
+
+@contextlib.contextmanager
+def _stop_on_sigint(evaluator: _Evaluator) -> Iterator[None]:
+    """While training, the first Ctrl-C (SIGINT) asks the agent to stop after its current env step (the callback
+    returns False), so the checkpoint is saved from a consistent state; a second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread only
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if evaluator.stop_requested:
+            raise KeyboardInterrupt
+        evaluator.stop_requested = True
+        evaluator.bar.write("stopping after this step and saving the checkpoint (Ctrl-C again to abort at once)")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _recent_train_return(agent: Any, n: int = 10) -> float | None:

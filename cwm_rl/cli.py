@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from cwm_rl.errors import InvalidArgumentError, UserError
+from cwm_rl.errors import InvalidArgumentError, TrainingInterrupted, UserError
 
 
 def parse_assignments(items: Sequence[str] | None, what: str = "--kwarg") -> dict[str, Any]:
@@ -433,6 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"cwm-rl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"cwm-rl {args.command}: {e}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

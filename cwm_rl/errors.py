@@ -30,3 +30,11 @@ class UnknownEnvError(UserError, KeyError):
 
 class DataError(UserError, ValueError):
     """A dataset on disk is missing, corrupt, from another env, or does not fit the request (e.g. the window)."""
+
+
+class TrainingInterrupted(Exception):
+    """A training run stopped on Ctrl-C (SIGINT) after saving its checkpoint; the message says how to resume.
+
+    Not a :class:`UserError` (nothing was wrong): the CLI prints the message and exits with code 130, the shell
+    convention for SIGINT.
+    """

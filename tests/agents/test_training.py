@@ -218,6 +218,35 @@ def test_resume_continues_a_stopped_run(tmp_path, agent):
     assert [p["env_steps"] for p in resumed["curve"]][-1] == resumed["env_steps"]
 
 
+def test_ctrl_c_stops_cleanly_after_saving_and_the_run_resumes(tmp_path):
+    """A real training process gets SIGINT mid-run: it saves its checkpoint, says how to resume, exits with 130,
+    writes no metrics.json; `--resume` then finishes the run with the curve so far kept."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cwm_rl.cli", "train", "--env", "cwm/InterventionalPong-v0", "--agent", "ppo"]
+    cmd += ["--steps", "30000", "--run-dir", str(run), "--json"]
+    cmd += ["--set", "eval_every=1024", "--set", "eval_episodes=1", "--set", "wm_probe=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "progress.json").is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at" in err and f"--resume {run}" in err and "Traceback" not in err
+    assert (run / "agent.zip").is_file() and not (run / "metrics.json").exists()
+    curve = json.loads((run / "progress.json").read_text())["curve"]
+    assert curve and curve[-1]["env_steps"] < 30000
+
+    assert main(["train", "--resume", str(run), "--json"]) == 0
+    done = _read(run)
+    assert done["env_steps"] >= 30000 and done["curve"][: len(curve)] == curve
+
+
 def test_resume_bad_input(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "not a `cwm-rl train` run directory" in capsys.readouterr().err
