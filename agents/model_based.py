@@ -34,6 +34,7 @@ from cwm_rl.planning.imagination import Imagination
 from cwm_rl.wm_evaluation import Normalizer
 
 from .sequence_buffer import SequenceBuffer
+from .value import ValueFunction
 from .world_model_learner import EnvLayout, WorldModelLearner
 
 MPC_AGENTS = {"causal-mpc": "slot-ssm", "transformer-mpc": "slot-transformer", "mlp-mpc": "mlp"}
@@ -56,6 +57,9 @@ class MPCConfig:
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).
         slot: the slot models' architecture; ``mlp_hidden``/``mlp_layers`` the MLP's.
+        value: also learn a state value by TD(0) on the real transitions (:mod:`cwm_rl.agents.value`, fitted with
+            the world model, as many updates) and add ``discount**H * V(s_H)`` to each imagined return, so the
+            planner sees past its horizon (TD-MPC style). Off by default until it is measured to help.
     """
 
     model: str = "slot-ssm"
@@ -75,6 +79,7 @@ class MPCConfig:
     slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=32))
     mlp_hidden: int = 256
     mlp_layers: int = 3
+    value: bool = False
 
 
 def check_mpc_config(cfg: MPCConfig) -> None:
@@ -128,6 +133,8 @@ class MPCAgent:
         # The learner owns the world model's torch random stream (initialisation, batches): the global one is left
         # as it was, so two agents in one process, or an evaluation in between, never change each other's runs.
         self.learner = WorldModelLearner(layout, cfg, seed=self.seed, env_kwargs=self.env_kwargs, log=self._emit)
+        self.value = ValueFunction(sum(self.slot_dims), discount=cfg.discount, seed=self.seed) if cfg.value else None
+        self._value_rng = np.random.default_rng([self.seed, 1])
         self.buffer = SequenceBuffer(cfg.n_envs, cfg.buffer_size, cfg.window)
         self.action_space.seed(self.seed)
         self.env.action_space.seed(self.seed)
@@ -182,7 +189,9 @@ class MPCAgent:
 
     def _plan(self, obs: np.ndarray, planner: Any) -> np.ndarray:
         torch.set_num_threads(self.config.threads)
-        imagination = Imagination(self.model, self.norm, self.config.discount)
+        value = self.value
+        terminal = (lambda x: value(x, self.norm)) if value is not None and value.updates else None
+        imagination = Imagination(self.model, self.norm, self.config.discount, terminal_value=terminal)
         return planner.plan(lambda actions: imagination.returns(obs, actions))
 
     def _planner(self, batch: int) -> Any:
@@ -243,6 +252,10 @@ class MPCAgent:
     def fit_world_model(self, updates: int) -> dict[str, float]:
         """``updates`` gradient steps on windows from the buffer; returns the mean loss parts."""
         means = self.learner.fit(self.buffer, updates)
+        if self.value is not None:
+            td = self.value.fit(self.buffer, self.norm, updates, self.config.batch_size, self._value_rng)
+            self._emit("value/td_error", td)
+            means["value_td_error"] = td
         self._since_fit = 0
         return means
 
@@ -260,6 +273,8 @@ class MPCAgent:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Weights, normaliser, optimiser and config in one file, written atomically."""
         payload = {**self.learner.state(), "num_timesteps": self.num_timesteps}
+        if self.value is not None:
+            payload["value"] = self.value.state()
         manifest = {
             "kind": "mpc_agent",
             "env_id": self.env_id,
@@ -280,6 +295,8 @@ class MPCAgent:
         cfg = from_dict(MPCConfig, manifest["config"], where=str(path))
         agent = cls(manifest["env_id"], cfg, seed=manifest["seed"], env_kwargs=manifest.get("env_kwargs"))
         agent.learner.load_state(data)
+        if agent.value is not None:
+            agent.value.load_state(data["value"])
         agent.num_timesteps = int(data["num_timesteps"])
         return agent
 

@@ -11,6 +11,7 @@ sees position-0 predictions in training, so this start is in distribution.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,12 +38,21 @@ class Imagination:
         model: a world model of :mod:`cwm_rl.models` (``initial_state`` / ``step``), in eval mode while planning.
         norm: the normaliser it was trained with.
         discount: discount of imagined rewards in :meth:`returns`.
+        terminal_value: optional ``V(obs) -> (n,)`` on raw observations: the return expected after the last
+            imagined step, added to :meth:`returns` discounted (a learned value, TD-MPC style).
     """
 
-    def __init__(self, model: nn.Module, norm: Normalizer, discount: float = 0.99) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        norm: Normalizer,
+        discount: float = 0.99,
+        terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         self.model = model
         self.norm = norm
         self.discount = discount
+        self.terminal_value = terminal_value
 
     @torch.no_grad()
     def rollout(self, obs: np.ndarray | torch.Tensor, actions: torch.Tensor) -> Rollout:
@@ -79,13 +89,18 @@ class Imagination:
         """Discounted imagined return of each candidate, ``(batch, population)``: a planner's ``evaluate``.
 
         A reward counts only while the episode is predicted to be running: step ``h``'s reward is weighted by the
-        probability that no termination was predicted before it.
+        probability that no termination was predicted before it. With a ``terminal_value`` the value of the last
+        imagined observation is added, weighted by ``discount**horizon`` and the probability the episode is
+        still running then.
         """
         batch, population, horizon = actions.shape[:3]
         roll = self.rollout(obs, actions)
         running_before = torch.cat([torch.ones_like(roll.continuation[:, :1]), roll.continuation[:, :-1]], dim=1)
         discounts = self.discount ** torch.arange(horizon, dtype=torch.float32)
         total = (roll.reward * running_before * discounts).sum(1)
+        if self.terminal_value is not None:
+            tail = self.terminal_value(roll.obs[:, -1])
+            total = total + self.discount**horizon * roll.continuation[:, -1] * tail
         return total.reshape(batch, population)
 
 

@@ -94,6 +94,33 @@ def test_imagination_returns_are_discounted_and_stop_at_predicted_termination():
     torch.testing.assert_close(returns, expected, atol=1e-4, rtol=0)
 
 
+def test_terminal_value_is_added_discounted_and_only_while_the_episode_runs():
+    from cwm_rl.planning.imagination import Imagination
+    from cwm_rl.wm_evaluation import Normalizer
+
+    norm = Normalizer(torch.zeros(1), torch.ones(1), torch.zeros(1), torch.ones(1))
+    imagination = Imagination(_LineModel(), norm, discount=0.5, terminal_value=lambda x: 10.0 * x[:, 0])
+    obs = np.array([[0.0], [10.0]], np.float32)
+    one_step = imagination.returns(obs, torch.tensor([[[1]], [[2]]]))  # still running after one step
+    torch.testing.assert_close(one_step, torch.tensor([[1 + 0.5 * 10.0], [12 + 0.5 * 120.0]]), atol=1e-3, rtol=0)
+    four = torch.tensor([[[1, 1, 1, 1]], [[0, 0, 0, 0]]])  # terminated at step 2: no value after the end
+    torch.testing.assert_close(imagination.returns(obs, four), torch.tensor([[1 + 0.5 * 2], [10 + 0.5 * 10]]))
+
+
+def test_value_learning_agent_fits_plans_and_round_trips(tmp_path):
+    agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "value": True}), seed=2)
+    agent.learn(140)
+    assert agent.value is not None and agent.value.updates == agent.model_updates
+    obs = np.asarray(agent._obs)
+    actions = agent.predict(obs)
+    assert all(agent.action_space.contains(a) for a in actions)
+    again = MPCAgent.load(agent.save(tmp_path / "agent.pt"))
+    for k, v in agent.value.net.state_dict().items():
+        torch.testing.assert_close(again.value.net.state_dict()[k], v, rtol=0, atol=0)
+    values = agent.value(torch.as_tensor(obs), agent.norm)
+    assert values.shape == (len(obs),) and torch.isfinite(values).all()
+
+
 @pytest.fixture(scope="module")
 def trained_agent():
     agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", TINY), seed=3)
