@@ -17,6 +17,7 @@ PADDLE_W = 2.0  # ... and 2 wide
 LEFT_FACE = 1.0 + PADDLE_W  # left paddle spans x in [1, 3]
 RIGHT_FACE = SIZE - 1.0 - PADDLE_W  # right paddle spans x in [29, 31]
 PADDLE_LO, PADDLE_HI = PADDLE_HALF_H, SIZE - PADDLE_HALF_H
+MIN_BALL_SPEED = float(np.finfo(np.float32).smallest_subnormal)  # a slower ball's float32 velocity bounds are 0
 
 SLOTS = ("left_paddle", "right_paddle", "ball", "score")
 LP, RP, BALL, SCORE, ACTION = 0, 1, 2, 3, 4
@@ -70,8 +71,9 @@ class InterventionalPongEnv(CausalEnv):
     * ``intervention_targets`` (names from the slots, default paddles and ball): possible targets.
     * ``paddle_max_step`` (float > 0, default 1.5): the largest paddle move per step, both paddles.
     * ``paddle_noise`` (float >= 0, default 0.5): paddle moves get uniform noise in ``[-noise, noise]``.
-    * ``ball_speed`` (float in (0, 4], default 2.0).
-    * ``winning_score`` (int >= 1, default 5).
+    * ``ball_speed`` (float in [1.4e-45, 4], default 2.0): at least the smallest positive float32, so that the
+      float32 velocity bounds ``[-ball_speed, ball_speed]`` are not both 0.
+    * ``winning_score`` (int in [1, 99], default 5).
 
     ## Causal Graph
     Slots ``left_paddle, right_paddle, ball, score``; the last column is the action. Per transition:
@@ -110,7 +112,7 @@ class InterventionalPongEnv(CausalEnv):
         self.intervention_targets = check_subset(name, "intervention_targets", intervention_targets, SLOTS)
         self.paddle_max_step = check_float(name, "paddle_max_step", paddle_max_step, low=0.0, low_open=True)
         self.paddle_noise = check_float(name, "paddle_noise", paddle_noise, low=0.0)
-        self.ball_speed = check_float(name, "ball_speed", ball_speed, low=0.0, high=4.0, low_open=True)
+        self.ball_speed = check_float(name, "ball_speed", ball_speed, low=MIN_BALL_SPEED, high=4.0)
         self.winning_score = check_int(name, "winning_score", winning_score, low=1, high=99)
         self.ball_radius = 1.2
         self._max_vy = 0.75 * self.ball_speed

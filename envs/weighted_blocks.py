@@ -16,6 +16,10 @@ from cwm_rl.errors import InvalidArgumentError
 
 MIN_GRID, MAX_GRID = 3, 12
 MIN_OBJECTS, MAX_OBJECTS = 2, 8
+# Weights are observed as float32: they must be positive and distinct float32 numbers (a larger one would read as
+# inf, a smaller one as 0, and two that round to the same float32 would look equally heavy).
+MIN_WEIGHT = float(np.finfo(np.float32).smallest_subnormal)  # about 1.4e-45
+MAX_WEIGHT = float(np.finfo(np.float32).max)  # about 3.4e38
 SLOT_WIDTH = 5  # x, y, weight, goal_x, goal_y
 
 # Directions of a % 4: up, right, down, left (y grows upwards, like the rendered frame).
@@ -88,7 +92,8 @@ class WeightedBlocksEnv(CausalEnv):
     ## Arguments
     * ``grid_size`` (int in [3, 12], default 5).
     * ``n_objects`` (int in [2, 8], default 3, and at most ``grid_size**2 / 2``).
-    * ``weights`` (``n_objects`` distinct finite numbers > 0, default None): the weight of each object.
+    * ``weights`` (``n_objects`` numbers in [1.4e-45, 3.4e38], distinct as float32, default None): the weight of
+      each object. Weights are observed as float32, hence the positive float32 range and float32 distinctness.
     * ``weight_seed`` (int >= 0, default None): if given (and ``weights`` is not), the weights are a random
       permutation of ``1..n_objects`` drawn from this seed. ``weights`` and ``weight_seed`` are exclusive.
     * ``intervention_prob`` (float in [0, 1], default 0.0): probability of an exogenous relocation per step.
@@ -170,9 +175,9 @@ class WeightedBlocksEnv(CausalEnv):
             raise InvalidArgumentError(f"{name}: weights={weights!r} must be a sequence of {n} numbers")
         if len(weights) != n:
             raise InvalidArgumentError(f"{name}: weights has {len(weights)} entries, n_objects={n} needs {n}")
-        values = [check_float(name, f"weights[{i}]", w, low=0.0, low_open=True) for i, w in enumerate(weights)]
-        if len(set(values)) != n:
-            raise InvalidArgumentError(f"{name}: weights={values} must be distinct")
+        values = [check_float(name, f"weights[{i}]", w, low=MIN_WEIGHT, high=MAX_WEIGHT) for i, w in enumerate(weights)]
+        if len(set(np.float32(values).tolist())) != n:
+            raise InvalidArgumentError(f"{name}: weights={values} must be distinct as float32 (they are observed so)")
         return np.array(values, dtype=np.float64)
 
     # ------------------------------------------------------------------ batched dynamics
