@@ -100,6 +100,8 @@ def _agents_stage(
     ``out/runs`` (``cwm-rl eval``/``compare`` read them back).
     """
     from .compare import compare_runs
+    from .evaluation import evaluate_agent
+    from .random_agent import RandomAgent
     from .training import resolve_config, train
 
     runs_dir = out / "runs"
@@ -111,6 +113,7 @@ def _agents_stage(
     # The model-based agent starts planning after a third of its budget (its default waits 2,000 random steps,
     # sized for longer runs); the rest are Pong's defaults from agents/configs/mpc.yaml.
     plans.append(("causal-mpc", "causal-mpc", agent_steps, {"mpc.seed_steps": max(agent_steps // 3, 64)}))
+    episodes = int(user.get("eval_episodes", 5))
     results: dict[str, Any] = {}
     for name, agent, steps, extra in plans:
         run = runs_dir / name
@@ -121,7 +124,7 @@ def _agents_stage(
             "steps": steps,
             "seed": seed,
             "eval_every": steps // 3 if name.startswith("ppo-") else eval_every,
-            "eval_episodes": 5,
+            "eval_episodes": episodes,
             **extra,
             **user,
         }
@@ -131,6 +134,9 @@ def _agents_stage(
             k: metrics[k] for k in ("agent", "env_steps", "final_eval_return", "best_eval_return", "wall_time_s")
         }
         results[name].update({k: v for k, v in metrics.items() if k.startswith("wm_")})
+    # Random play under the same evaluation protocol: the floor every trained agent is read against.
+    random_return = evaluate_agent(RandomAgent(DEMO_ENV, seed=seed), DEMO_ENV, episodes, seed)["mean_return"]
+    results["random"] = {"agent": "random", "env_steps": 0, "final_eval_return": random_return}
     table = compare_runs([str(runs_dir / name) for name, *_ in plans], out / "comparison")
     graph_png, graph = _learned_graph(runs_dir / "causal-mpc", out / "causal-mpc-graph.png", seed)
     results["causal-mpc"]["graph"] = graph
@@ -153,8 +159,9 @@ def _agents_stage(
             if baseline_factor > 1
             else ""
         )
-        + f". Seed {seed}; evaluation: 5 deterministic episodes on separate eval envs. A random policy scores "
-        "about -3.3 here, a hand-written ball-tracking policy about -0.2. This is a demo budget, far below what "
+        + f". Seed {seed}; evaluation: {episodes} deterministic episodes on separate eval envs. Random play scores "
+        f"{random_return:.2f} under the same protocol (a hand-written ball tracker about -0.2, measured once: "
+        "docs/design_notes.md). This is a demo budget, far below what "
         "either agent needs on this env: the model-based agent does not beat random play at it yet (diagnosis in "
         "docs/design_notes.md, Agents), and the model-free reference row shows what many more steps buy PPO.",
         "",
@@ -164,7 +171,9 @@ def _agents_stage(
             f"| {name} | {r['env_steps']:,} | {r['final_eval_return']:.2f} | {r['best_eval_return']:.2f} | "
             f"{r['wall_time_s']:.0f} |"
             for name, r in results.items()
+            if name != "random"
         ],
+        f"| random (no training) | 0 | {random_return:.2f} | — | — |",
         "",
         "Sample efficiency (from `cwm-rl compare`, in `comparison/`):",
         "",

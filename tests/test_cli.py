@@ -106,7 +106,8 @@ def test_demo_trains_and_compares_the_agents(tmp_path, capsys):
         args += ["--set", f"{key}={value}"]
     assert main([*args, "--out", str(tmp_path)]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())["agents"]
-    assert set(metrics) == {"ppo-2x", "ppo", "causal-mpc"}
+    assert set(metrics) == {"ppo-2x", "ppo", "causal-mpc", "random"}
+    assert metrics["random"]["env_steps"] == 0 and metrics["random"]["final_eval_return"] <= 0
     assert metrics["ppo-2x"]["env_steps"] >= 600 and metrics["causal-mpc"]["env_steps"] >= 300
     assert 0 <= metrics["causal-mpc"]["wm_f1"] <= 1
     graph = np.array(metrics["causal-mpc"]["graph"]["true_frequency"])
@@ -118,6 +119,7 @@ def test_demo_trains_and_compares_the_agents(tmp_path, capsys):
     assert "ppo @ 600 steps" in table and "ppo @ 300 steps" in table and "causal-mpc" in table
     report = (tmp_path / "report.md").read_text()
     assert "## Agents on cwm/InterventionalPong-v0" in report and "causal-mpc-graph.png" in report
+    assert "| random (no training) | 0 |" in report
 
     other = tmp_path / "other"
     (other / "runs" / "ppo").mkdir(parents=True)
