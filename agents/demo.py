@@ -113,8 +113,8 @@ def _agents_stage(
     # The model-based agent starts planning after a third of its budget (its default waits 2,000 random steps,
     # sized for longer runs); the rest are Pong's defaults from agents/configs/mpc.yaml.
     plans.append(("causal-mpc", "causal-mpc", agent_steps, {"mpc.seed_steps": max(agent_steps // 3, 64)}))
-    episodes = int(user.get("eval_episodes", 5))
     results: dict[str, Any] = {}
+    episodes = 5
     for name, agent, steps, extra in plans:
         run = runs_dir / name
         _clear_demo_run(run)
@@ -124,12 +124,14 @@ def _agents_stage(
             "steps": steps,
             "seed": seed,
             "eval_every": steps // 3 if name.startswith("ppo-") else eval_every,
-            "eval_episodes": episodes,
+            "eval_episodes": 5,
             **extra,
             **user,
         }
         print(f"\n== {name}: {agent} on {DEMO_ENV}, {steps:,} env steps")
-        metrics = train(resolve_config(overrides), run, progress=True)
+        cfg = resolve_config(overrides)  # checks the user's --set keys and types
+        episodes = cfg.eval_episodes
+        metrics = train(cfg, run, progress=True)
         results[name] = {
             k: metrics[k] for k in ("agent", "env_steps", "final_eval_return", "best_eval_return", "wall_time_s")
         }
@@ -255,6 +257,10 @@ def run_demo(
         raise InvalidArgumentError(
             f"--set {', '.join(fixed)} cannot be changed in the demo; use --agent-steps/--seed, or `cwm-rl train`"
         )
+    if agent_steps:  # a bad --set key or type fails now, before the tour
+        from .training import resolve_config
+
+        resolve_config({"env_id": DEMO_ENV, "agent": "causal-mpc", **(overrides or {})})
     if 0 < agent_steps < 300:
         raise InvalidArgumentError(f"--agent-steps {agent_steps} is too small to train an agent; use >= 300 (or 0)")
     out = Path(out_dir)

@@ -46,6 +46,7 @@ def test_verify_env_json(capsys):
         (["demo", "--steps", "0"], "must be positive"),
         (["demo", "--agent-steps", "10"], "too small"),
         (["demo", "--set", "agent=ppo"], "cannot be changed in the demo"),
+        (["demo", "--set", "eval_episodes=abc"], "must be an integer"),
     ],
 )
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
