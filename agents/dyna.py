@@ -56,7 +56,7 @@ from cwm_rl.wm_evaluation import Normalizer
 from .model_based import MPC_AGENTS, env_defaults
 from .sb3_baselines import _ALGO_CLASSES, SB3Agent, _jsonable, check_algo, load_hyperparams
 from .sequence_buffer import SequenceBuffer
-from .world_model_learner import EnvLayout, WorldModelLearner, sb3_transitions
+from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner, sb3_transitions
 
 DYNA_AGENTS = {"causal-dyna": "slot-ssm"}
 """Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
@@ -342,7 +342,7 @@ class _DynaCallback(BaseCallback):
         return self.agent._on_real_step(self.model._last_obs, self.locals, self.callback)
 
 
-class DynaAgent:
+class DynaAgent(LearnerViews):
     """Dyna / MBPO agent: a world model learned online feeds imagined transitions to an SB3 SAC or DQN learner.
 
     Follows the agent protocol of :mod:`cwm_rl.agents.base`.
@@ -433,26 +433,6 @@ class DynaAgent:
     def replay_buffer(self) -> MixedReplayBuffer:
         """SB3's replay buffer: real and imagined transitions."""
         return self.sb3.model.replay_buffer
-
-    @property
-    def model(self) -> nn.Module:
-        """The world model (as ``MPCAgent.model``; the SB3 algorithm is ``sb3.model``)."""
-        return self.learner.model
-
-    @property
-    def norm(self) -> Normalizer | None:
-        """The world model's normaliser (None before the first fit)."""
-        return self.learner.norm
-
-    @property
-    def model_ready(self) -> bool:
-        """True once the world model has been fitted (before that SB3 learns from real data only)."""
-        return self.learner.ready
-
-    @property
-    def model_updates(self) -> int:
-        """World-model gradient steps taken so far."""
-        return self.learner.model_updates
 
     # ------------------------------------------------------------------ acting
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides, env_table_key, from_dict, load_env_table, to_dict
@@ -31,11 +30,10 @@ from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.planning import PlannerConfig, make_planner, validate_config
 from cwm_rl.planning.imagination import Imagination
-from cwm_rl.wm_evaluation import Normalizer
 
 from .sequence_buffer import SequenceBuffer
 from .value import ValueFunction
-from .world_model_learner import EnvLayout, WorldModelLearner
+from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner
 
 MPC_AGENTS = {"causal-mpc": "slot-ssm", "transformer-mpc": "slot-transformer", "mlp-mpc": "mlp"}
 """Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
@@ -99,7 +97,7 @@ def check_mpc_config(cfg: MPCConfig) -> None:
     validate_config(cfg.planner)
 
 
-class MPCAgent:
+class MPCAgent(LearnerViews):
     """Model-based agent: online world model + MPC (the agent protocol of :mod:`cwm_rl.agents.base`).
 
     Args:
@@ -145,32 +143,6 @@ class MPCAgent:
         self._obs: np.ndarray | None = None
         self._ep_return = np.zeros(cfg.n_envs)
         self.episode_returns: list[float] = []
-
-    # ------------------------------------------------------------------ the world model (owned by the learner)
-    @property
-    def model(self) -> nn.Module:
-        """The world model."""
-        return self.learner.model
-
-    @property
-    def optim(self) -> torch.optim.Optimizer:
-        """The world model's optimiser."""
-        return self.learner.optim
-
-    @property
-    def norm(self) -> Normalizer | None:
-        """The world model's normaliser (None before the first fit)."""
-        return self.learner.norm
-
-    @property
-    def model_updates(self) -> int:
-        """World-model gradient steps taken so far."""
-        return self.learner.model_updates
-
-    @property
-    def model_ready(self) -> bool:
-        """True once the world model has been fitted (before that the agent acts at random)."""
-        return self.learner.ready
 
     # ------------------------------------------------------------------ acting
 

@@ -269,6 +269,38 @@ class WorldModelLearner:
         self.model.eval()
 
 
+class LearnerViews:
+    """The world-model views an agent that owns a :class:`WorldModelLearner` (as ``self.learner``) exposes, one
+    definition for the MPC and the Dyna agent (the evaluator and planners read them)."""
+
+    learner: WorldModelLearner
+
+    @property
+    def model(self) -> nn.Module:
+        """The world model."""
+        return self.learner.model
+
+    @property
+    def optim(self) -> torch.optim.Optimizer:
+        """The world model's optimiser."""
+        return self.learner.optim
+
+    @property
+    def norm(self) -> Normalizer | None:
+        """The world model's normaliser (None before the first fit)."""
+        return self.learner.norm
+
+    @property
+    def model_updates(self) -> int:
+        """World-model gradient steps taken so far."""
+        return self.learner.model_updates
+
+    @property
+    def model_ready(self) -> bool:
+        """True once the world model has been fitted (before that the agent does without it)."""
+        return self.learner.ready
+
+
 def sb3_transitions(
     last_obs: Any, local_vars: dict[str, Any], layout: EnvLayout
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -317,6 +349,7 @@ __all__ = [
     "PROBE_SEED_OFFSET",
     "EnvLayout",
     "LearnerConfig",
+    "LearnerViews",
     "WorldModelLearner",
     "min_eval_transitions",
     "sb3_transitions",
