@@ -341,6 +341,13 @@ class _DynaCallback(BaseCallback):
         # Called after env.step and before SB3 stores the transition: _last_obs is still the acting observation.
         return self.agent._on_real_step(self.model._last_obs, self.locals, self.callback)
 
+    def _on_rollout_start(self) -> None:
+        # Where SB3's loop keeps no state in local variables: a caller's ``safe_point(agent)`` (the training
+        # script's snapshot for an exact resume) runs here.
+        safe_point = getattr(self.callback, "safe_point", None)
+        if safe_point is not None:
+            safe_point(self.agent)
+
 
 class DynaAgent(LearnerViews):
     """Dyna / MBPO agent: a world model learned online feeds imagined transitions to an SB3 SAC or DQN learner.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import io
 import json
 import os
 import zipfile
@@ -512,6 +513,40 @@ class SB3Agent:
             ) from None
         kwargs = {"env_kwargs": env_kwargs, "device": device, "verbose": verbose}
         return cls(algo, trained_on, seed, **kwargs, _model=model, _resolved=resolved)
+
+    # ------------------------------------------------------------------------------------ pickling (exact resume)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything an exact continuation needs (:mod:`cwm_rl.agents.snapshot`): the model the SB3 way (its zip:
+        weights, optimisers, counters, schedules, ``_last_obs``), the training envs mid-episode (pickled with their
+        random generators and Monitor counters), the replay buffer of an off-policy algorithm (SB3 leaves it out of
+        the zip), and the action space's random generator (SB3 reseeds it on load)."""
+        model = self.model
+        zipped = io.BytesIO()
+        model.save(zipped)
+        state = {k: v for k, v in self.__dict__.items() if k != "model"}
+        state["_sb3"] = {
+            "zip": zipped.getvalue(),
+            "env": model.get_env(),
+            "replay_buffer": getattr(model, "replay_buffer", None),
+            "action_rng": model.action_space.np_random.bit_generator.state,
+            "tensorboard_log": model.tensorboard_log,
+        }
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        sb3 = state.pop("_sb3")
+        self.__dict__.update(state)
+        # Loaded without an env, so SB3's reseeding on load (global streams, action space) leaves the env alone;
+        # the caller restores the global streams afterwards (snapshot.set_global_rng_state).
+        model = _ALGO_CLASSES[self.algo].load(
+            io.BytesIO(sb3["zip"]), env=None, device="cpu", tensorboard_log=sb3["tensorboard_log"]
+        )
+        model.set_env(sb3["env"], force_reset=False)  # keeps _last_obs: the envs continue mid-episode
+        if sb3["replay_buffer"] is not None:
+            model.replay_buffer = sb3["replay_buffer"]
+        model.action_space.np_random.bit_generator.state = sb3["action_rng"]
+        self.model = model
 
     def close(self) -> None:
         """Close the training envs."""

@@ -5,12 +5,18 @@ re-runs it), TensorBoard events under ``tb/``, the agent checkpoint (``agent.pt`
 ``agent.zip`` for SB3), and ``metrics.json`` (final and best evaluation return, the evaluation curve, env steps,
 wall time). Evaluation follows one fixed protocol for every agent (:mod:`cwm_rl.agents.evaluation`), every
 ``eval_every`` env steps and at the end.
+
+While a run is going it also holds ``progress.json`` (the evaluation curve so far) and ``resume.pt``, a snapshot of
+the whole training state (:mod:`cwm_rl.agents.snapshot`) taken after every evaluation at the next point where it is
+exact (at once for the model-based agents; where SB3 starts its next rollout for the SB3 and Dyna agents). A run
+killed at any moment, or stopped with Ctrl-C (which takes a snapshot before stopping), continues with
+``cwm-rl train --resume RUN_DIR`` and ends with the same ``metrics.json`` as an uninterrupted run (wall times
+aside). ``resume.pt`` is removed when the run finishes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import threading
@@ -31,6 +37,7 @@ from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
+from .snapshot import SNAPSHOT_NAME, load_snapshot, save_snapshot, set_global_rng_state, version_drift
 from .wm_probe import RETURN_SEED_OFFSET, WorldModelProbeCallback, imagined_vs_real_return
 from .world_model_learner import EVAL_ENVS, EVAL_HORIZONS, min_eval_transitions
 
@@ -166,7 +173,14 @@ class _Evaluator:
         self._next_postfix = 0
         self._last_eval = "-"
         self.probe: WorldModelProbeCallback | None = None  # an SB3 baseline's probe world model (_sb3_callback)
-        self.stop_requested = False  # set by Ctrl-C (_stop_on_sigint): learning stops after the current step
+        self.config_dict = to_dict(cfg)  # what the snapshot's config hash is computed from
+        # Snapshots (resume.pt): SB3's loop can only be snapshotted where it starts a rollout (safe_point); the
+        # other agents after any step.
+        self.safe_every_step = cfg.agent not in SB3_ALGOS and cfg.agent not in DYNA_AGENTS
+        self.snapshot_due = False  # an evaluation since the last snapshot
+        self.snapshot_step = -1  # env step of the last snapshot written
+        self.stop_requested = False  # set by Ctrl-C (_stop_on_sigint): snapshot at the next safe point, then stop
+        self.halted = False  # that snapshot is written: learning stops (the callback returns False)
 
     def __call__(self, agent: Any) -> bool:
         self.bar.n = min(agent.num_timesteps, self.cfg.steps)
@@ -180,7 +194,47 @@ class _Evaluator:
             self.evaluate(agent)
             while self.next_at <= agent.num_timesteps:
                 self.next_at += self.cfg.eval_every
-        return not self.stop_requested
+        if self.safe_every_step:
+            self.safe_point(agent)
+        return not self.halted
+
+    def safe_point(self, agent: Any) -> None:
+        """Called where the agent's whole state can be snapshotted exactly: writes ``resume.pt`` if an evaluation
+        happened since the last snapshot or Ctrl-C asked to stop (then learning halts)."""
+        if not (self.snapshot_due or self.stop_requested):
+            return
+        if agent.num_timesteps != self.snapshot_step:
+            save_snapshot(
+                self.run / SNAPSHOT_NAME,
+                agent,
+                self.state(),
+                env_id=spec_of(self.cfg.env_id).id,
+                agent_id=self.cfg.agent,
+                config=self.config_dict,
+                step=int(agent.num_timesteps),
+            )
+            self.snapshot_step = int(agent.num_timesteps)
+        self.snapshot_due = False
+        self.halted = self.stop_requested
+
+    def state(self) -> dict[str, Any]:
+        """The training script's part of a snapshot (the agent's is the agent object itself)."""
+        return {
+            "curve": self.curve,
+            "next_at": self.next_at,
+            "elapsed_s": time.perf_counter() - self.start,
+            "probe": self.probe,
+        }
+
+    def load_state(self, state: dict[str, Any], agent: Any) -> None:
+        """Continue from a snapshot's :meth:`state`, taken when ``agent`` was at its current step."""
+        self.curve = list(state["curve"])
+        self.next_at = int(state["next_at"])
+        self.start = time.perf_counter() - float(state["elapsed_s"])  # wall times count the earlier part too
+        self.probe = state["probe"]
+        if self.probe is not None and self.writer is not None:
+            self.probe.log = self.writer.add_scalar
+        self.snapshot_step = int(agent.num_timesteps)
 
     def evaluate(self, agent: Any) -> dict[str, Any]:
         result = evaluate_agent(agent, self.cfg.env_id, self.cfg.eval_episodes, self.cfg.seed, self.cfg.env_kwargs)
@@ -232,23 +286,11 @@ class _Evaluator:
         return wm
 
     def checkpoint(self, agent: Any) -> None:
-        """Save the agent and the evaluation curve so far (what ``--resume`` continues from), both atomically."""
+        """Save the agent (the file ``cwm-rl eval`` reads) and the evaluation curve so far, both atomically; the
+        snapshot ``--resume`` continues from follows at the next safe point."""
         agent.save(self.run / checkpoint_name(self.cfg.agent))
         atomic_write_json(self.run / "progress.json", {"curve": self.curve})
-
-    def restore(self, agent: Any) -> None:
-        """Continue the curve of a stopped run (``progress.json``) from where ``agent`` is."""
-        path = self.run / "progress.json"
-        if path.is_file():
-            try:
-                curve = json.loads(path.read_text())["curve"]
-            except (ValueError, KeyError):
-                raise ConfigError(f"{str(path)!r} is corrupt; the run cannot be resumed") from None
-            if isinstance(agent, RandomAgent) and curve:  # it has no checkpoint: it resumes where the curve ends
-                agent.num_timesteps = curve[-1]["env_steps"]
-            self.curve = [p for p in curve if p["env_steps"] <= agent.num_timesteps]
-        while self.next_at <= agent.num_timesteps:
-            self.next_at += self.cfg.eval_every
+        self.snapshot_due = True
 
 
 def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:
@@ -268,10 +310,10 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = Tr
 
 
 def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:
-    """Continue a stopped ``cwm-rl train`` run from its last checkpoint to its configured ``steps``.
+    """Continue a stopped or killed ``cwm-rl train`` run from its last snapshot (``resume.pt``) to its configured
+    ``steps``; the result equals an uninterrupted run's (wall times aside) on the same CPU and library versions.
 
-    The evaluation curve so far is kept. Not bit-identical to an uninterrupted run yet: replay buffers (SB3's and
-    the model-based agent's) and RNG states are not checkpointed, so learning restarts from an empty buffer.
+    A run stopped before its first snapshot starts again from step 0 (the same run, as the seed fixes it).
     """
     run = Path(run_dir)
     if not (run / "config.yaml").is_file():
@@ -284,19 +326,32 @@ def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, 
     cfg = load_yaml(TrainConfig, run / "config.yaml")
     check_train_config(cfg)
     writer = _LazyWriter(run / "tb")
-    checkpoint = run / checkpoint_name(cfg.agent)
-    if checkpoint.is_file() and cfg.agent in MPC_AGENTS:
-        agent = MPCAgent.load(checkpoint, env_id=cfg.env_id)
-        agent.log = writer.add_scalar
-    elif checkpoint.is_file() and cfg.agent in DYNA_AGENTS:
-        agent = DynaAgent.load(checkpoint, env_id=cfg.env_id, log=writer.add_scalar, tensorboard_log=str(run / "tb"))
-    elif checkpoint.is_file() and cfg.agent in SB3_ALGOS:
-        agent = SB3Agent.load(checkpoint, env_id=cfg.env_id, tensorboard_log=str(run / "tb"))
-    else:  # stopped before its first checkpoint (or a random agent): start over
+    snapshot = run / SNAPSHOT_NAME
+    if not snapshot.is_file():  # stopped before its first snapshot: the same run from the start
         agent = make_agent(cfg, str(run / "tb"), log=writer.add_scalar)
+        return _run(cfg, run, agent, writer, _Evaluator(cfg, run, writer, progress))
+    data = load_snapshot(snapshot, env_id=spec_of(cfg.env_id).id, agent_id=cfg.agent, config=to_dict(cfg))
+    agent = data["agent"]
+    _bind_outputs(agent, writer, run / "tb")
     evaluator = _Evaluator(cfg, run, writer, progress)
-    evaluator.restore(agent)
+    evaluator.load_state(data["trainer"], agent)
+    drift = version_drift(data["manifest"])
+    if drift:
+        evaluator.bar.write(
+            f"warning: resuming with other library versions ({'; '.join(drift)}); the result may differ from an "
+            "uninterrupted run"
+        )
+    set_global_rng_state(data["rng"])  # last: unpickling an SB3 model reseeds the global streams
     return _run(cfg, run, agent, writer, evaluator)
+
+
+def _bind_outputs(agent: Any, writer: _LazyWriter, tensorboard_dir: Path) -> None:
+    """Attach a resumed agent's logging to this process's TensorBoard writer (a snapshot holds none)."""
+    if isinstance(agent, (MPCAgent, DynaAgent)):
+        agent.log = writer.add_scalar
+    sb3 = agent.sb3 if isinstance(agent, DynaAgent) else agent
+    if isinstance(sb3, SB3Agent) and sb3.model.tensorboard_log is not None:
+        sb3.model.tensorboard_log = str(tensorboard_dir)
 
 
 class _LazyWriter:
@@ -332,12 +387,11 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
             elif remaining > 0 and cfg.agent in (*MPC_AGENTS, *DYNA_AGENTS):  # one call: schedules span the run
                 agent.learn(remaining, callback=evaluator)
             else:
-                while agent.num_timesteps < cfg.steps and not evaluator.stop_requested:
+                while agent.num_timesteps < cfg.steps and not evaluator.halted:
                     agent.learn(min(cfg.eval_every, cfg.steps - agent.num_timesteps), callback=evaluator)
-        if evaluator.stop_requested and agent.num_timesteps < cfg.steps:
-            evaluator.checkpoint(agent)
+        if evaluator.halted and agent.num_timesteps < cfg.steps:
             raise TrainingInterrupted(
-                f"interrupted at {agent.num_timesteps:,} of {cfg.steps:,} env steps; the checkpoint is saved: "
+                f"interrupted at {evaluator.snapshot_step:,} of {cfg.steps:,} env steps; the snapshot is saved: "
                 f"continue with `cwm-rl train --resume {run}`"
             )
         if not evaluator.curve or evaluator.curve[-1]["env_steps"] != agent.num_timesteps:
@@ -363,6 +417,7 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
         "config": to_dict(cfg),
     }
     atomic_write_json(run / "metrics.json", metrics)
+    (run / SNAPSHOT_NAME).unlink(missing_ok=True)  # done: --resume refuses a finished run, the snapshot is dead weight
     return metrics
 
 
@@ -378,7 +433,7 @@ def _stop_on_sigint(evaluator: _Evaluator) -> Iterator[None]:
         if evaluator.stop_requested:
             raise KeyboardInterrupt
         evaluator.stop_requested = True
-        evaluator.bar.write("stopping after this step and saving the checkpoint (Ctrl-C again to abort at once)")
+        evaluator.bar.write("stopping at the next safe point after saving a snapshot (Ctrl-C again to abort at once)")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -406,6 +461,9 @@ def _sb3_callback(evaluator: _Evaluator, agent: SB3Agent) -> Any:
     class _Callback(BaseCallback):
         def _on_step(self) -> bool:
             return evaluator(agent)
+
+        def _on_rollout_start(self) -> None:  # SB3's loop holds no state in local variables here
+            evaluator.safe_point(agent)
 
     cfg = evaluator.cfg
     if evaluator.probe is None and cfg.wm_probe and cfg.wm_probe_transitions:

@@ -327,6 +327,12 @@ class WorldModelProbeCallback(BaseCallback):
         if self.log is not None:
             self.log(tag, value, int(self.num_timesteps))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles for an exact resume (:mod:`cwm_rl.agents.snapshot`) without what SB3 attaches while training
+        (the algorithm, the collection loop's frames) or the ``log`` sink; ``init_callback`` attaches them again."""
+        drop = ("model", "locals", "globals")
+        return {**{k: v for k, v in self.__dict__.items() if k not in drop}, "log": None}
+
     def _init_callback(self) -> None:
         n_envs = self.training_env.num_envs
         if self.buffer is None or self.buffer.n_envs != n_envs:

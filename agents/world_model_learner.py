@@ -271,9 +271,15 @@ class WorldModelLearner:
 
 class LearnerViews:
     """The world-model views an agent that owns a :class:`WorldModelLearner` (as ``self.learner``) exposes, one
-    definition for the MPC and the Dyna agent (the evaluator and planners read them)."""
+    definition for the MPC and the Dyna agent (the evaluator and planners read them), and how such an agent pickles
+    for an exact resume (:mod:`cwm_rl.agents.snapshot`): whole, except its ``log`` sink (a TensorBoard writer),
+    which the training script binds again."""
 
     learner: WorldModelLearner
+    log: Callable[[str, float, int], None] | None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "log": None}
 
     @property
     def model(self) -> nn.Module:

@@ -7,6 +7,7 @@ and renamed over the old one, so a crash or a full disk never leaves a half-writ
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -30,13 +31,18 @@ def library_versions() -> dict[str, str]:
 
     from cwm_rl import __version__
 
-    return {
+    versions = {
         "cwm_rl": __version__,
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "gymnasium": gymnasium.__version__,
         "python": platform.python_version(),
     }
+    try:  # read from the installed metadata: the core package does not import SB3
+        versions["stable_baselines3"] = importlib.metadata.version("stable-baselines3")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    return versions
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], what: str = "file") -> Path:
