@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const=True,
         metavar="RUN_DIR",
-        help="continue a stopped run (RUN_DIR, or --run-dir) from its last checkpoint to its configured steps",
+        help="continue a stopped or killed run (RUN_DIR, or --run-dir) from its last snapshot (resume.pt) to its "
+        "configured steps; the result equals an uninterrupted run's",
     )
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON (no progress bar)")
     p.set_defaults(func=_cmd_train)
