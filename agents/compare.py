@@ -19,6 +19,7 @@ import numpy as np
 
 from cwm_rl.checkpoint import atomic_write_text
 from cwm_rl.config import ConfigError, load_yaml
+from cwm_rl.envs import spec_of
 from cwm_rl.plots import save_figure
 
 from .evaluation import evaluate_agent
@@ -62,11 +63,33 @@ def evaluate_run(
         raise ConfigError(f"episodes={episodes} must be a positive integer")
     agent, cfg = load_agent(run_dir)
     target = env_id or cfg.env_id
+    if target != cfg.env_id:
+        _check_same_spaces(cfg.env_id, target, cfg.env_kwargs)
     result = evaluate_agent(agent, target, episodes, cfg.seed if seed is None else seed, cfg.env_kwargs)
     result.update(env_id=target, agent=cfg.agent, env_steps=int(agent.num_timesteps), episodes=episodes)
     if hasattr(agent, "close"):
         agent.close()
     return result
+
+
+def _check_same_spaces(trained_on: str, target: str, env_kwargs: dict[str, Any]) -> None:
+    """An agent can be scored on another env (the OOD twin) only if observations and actions look the same."""
+    import gymnasium as gym
+
+    spec_of(target)  # UnknownEnvError with the known ids
+    envs = [gym.make(env_id, **env_kwargs) for env_id in (trained_on, target)]
+    try:
+        same = all(
+            getattr(envs[0], space) == getattr(envs[1], space) for space in ("observation_space", "action_space")
+        )
+    finally:
+        for env in envs:
+            env.close()
+    if not same:
+        raise ConfigError(
+            f"the agent was trained on {trained_on}, whose observations or actions differ from {target}'s; "
+            f"evaluate it on {trained_on} or its -OOD- twin"
+        )
 
 
 def _curves(run_dirs: list[str]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:

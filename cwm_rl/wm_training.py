@@ -141,11 +141,13 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     """Train, evaluate and checkpoint; returns the final metrics (also in ``RUN_DIR/metrics.json``)."""
     check_config(cfg)
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    if (run / "config.yaml").exists():
+        raise ConfigError(f"run directory {str(run)!r} already holds a run; choose a new --run-dir")
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    ds = TransitionWindows(cfg.data, cfg.window, env_id=cfg.env_id or None)
+    ds = TransitionWindows(cfg.data, cfg.window, env_id=cfg.env_id or None)  # bad data fails before any write
     cfg.env_id = ds.env_id
+    run.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run / "config.yaml")
     train_set, val_set = split_by_episode(ds, cfg.val_fraction, cfg.seed)
     slot_dims = [s.stop - s.start for s in ds.slot_slices.values()]
@@ -229,6 +231,11 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[WMTrainConfig, nn.Module,
     run = Path(run_dir)
     if not run.is_dir():
         raise ConfigError(f"run directory {str(run)!r} does not exist; pass the --run-dir of a `cwm-rl wm-train` run")
+    agent_files = ("agent.pt", "agent.zip", "agent.json", "progress.json")  # what `cwm-rl train` writes
+    if not (run / "checkpoint.pt").is_file() and any((run / name).is_file() for name in agent_files):
+        raise ConfigError(
+            f"{str(run)!r} is an agent run (`cwm-rl train`), not a world-model run; use `cwm-rl eval {run}`"
+        )
     cfg = load_yaml(WMTrainConfig, run / "config.yaml")
     ckpt = load_checkpoint(
         run / "checkpoint.pt", expect={"kind": "world_model", "env_id": cfg.env_id, "model": cfg.model}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cwm_rl.models.world_model import Prediction
+from cwm_rl.models.world_model import Prediction, check_inputs
 
 
 class DenseMLPModel(nn.Module):
@@ -44,6 +44,7 @@ class DenseMLPModel(nn.Module):
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None = None) -> Prediction:
         """Predict every step of ``obs (..., obs_dim)`` independently (``mask`` is ignored: no graph)."""
+        check_inputs(self, obs, action)
         out = self.out(self.trunk(torch.cat([obs, self._action_features(action, obs.dtype)], dim=-1)))
         delta, reward, term = out[..., : self.obs_dim], out[..., self.obs_dim], out[..., self.obs_dim + 1]
         return Prediction(delta, reward, term, None, torch.zeros((), device=obs.device))

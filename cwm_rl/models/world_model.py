@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.attention import SlotCrossAttention, graph_rollout
 from cwm_rl.models.temporal import CausalSelfAttention
 
@@ -39,6 +40,28 @@ def matched_ffn_hidden(cfg: SlotModelConfig) -> int:
     d = cfg.d_model
     # A hidden unit costs 2 * d weights + 1 bias; the LayerNorm and the output bias cost 3 * d.
     return max(0, round((ssm - attention - 3 * d) / (2 * d + 1)))
+
+
+def check_inputs(model: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> None:
+    """One-line errors for inputs a world model cannot have been trained on: an observation of another width
+    (another env's), a discrete action outside ``[0, n)`` or a continuous action of another width. Every model of
+    :mod:`cwm_rl.models` calls it in ``forward`` and ``step``; it reads ``obs_dim``, ``action_kind`` and
+    ``action_size``."""
+    if obs.shape[-1] != model.obs_dim:
+        raise InvalidArgumentError(
+            f"observations have {obs.shape[-1]} features but this world model was built for {model.obs_dim}; "
+            "pass observations of the env it was trained on (shape (..., obs_dim))"
+        )
+    if model.action_kind == "discrete":
+        if action.numel() and (int(action.min()) < 0 or int(action.max()) >= model.action_size):
+            raise InvalidArgumentError(
+                f"discrete actions must be in [0, {model.action_size}) (shifted by the action space's start), "
+                f"got values in [{int(action.min())}, {int(action.max())}]"
+            )
+    elif action.shape[-1:] != (model.action_size,):
+        raise InvalidArgumentError(
+            f"continuous actions must have {model.action_size} components, got shape {tuple(action.shape)}"
+        )
 
 
 class Prediction(NamedTuple):
@@ -173,6 +196,7 @@ class SlotWorldModel(nn.Module):
     # ------------------------------------------------------------------ pieces shared by forward and step
     def _embed(self, obs: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``obs (..., obs_dim)`` -> slots ``(..., n, d)``; action -> ``(..., d)``."""
+        check_inputs(self, obs, action)
         parts = torch.split(obs, self.slot_dims, dim=-1)
         slots = torch.stack([enc(p) for enc, p in zip(self.slot_in, parts, strict=True)], dim=-2) + self.slot_id
         if self.action_kind == "discrete":
