@@ -2,9 +2,10 @@
 
 A run directory holds ``config.yaml`` (the full resolved :class:`TrainConfig`; ``--config RUN_DIR/config.yaml``
 re-runs it), TensorBoard events under ``tb/``, the agent checkpoint (``agent.pt`` for model-based agents,
-``agent.zip`` for SB3), and ``metrics.json`` (final and best evaluation return, the evaluation curve, env steps,
-wall time). Evaluation follows one fixed protocol for every agent (:mod:`cwm_rl.agents.evaluation`), every
-``eval_every`` env steps and at the end.
+``agent.zip`` for SB3), ``metrics.json`` (final and best evaluation return, the evaluation curve, env steps, the
+final world-model metrics: only what the seed fixes, so a rerun writes the same file) and ``timing.json`` (wall
+time, in total and at each evaluation). Evaluation follows one fixed protocol for every agent
+(:mod:`cwm_rl.agents.evaluation`), every ``eval_every`` env steps and at the end.
 
 While a run is going it also holds ``progress.json`` (the evaluation curve so far) and ``resume.pt``, a snapshot of
 the whole training state (:mod:`cwm_rl.agents.snapshot`) taken after every evaluation at the next point where it is
@@ -412,13 +413,19 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
         "best_eval_return": best["mean_return"],
         "best_eval_env_steps": best["env_steps"],
         **{k: v for k, v in evaluator.curve[-1].items() if k.startswith("wm_")},  # the final world model
-        "curve": evaluator.curve,
-        "wall_time_s": round(time.perf_counter() - evaluator.start, 3),
+        "curve": [{k: v for k, v in p.items() if k != "wall_time_s"} for p in evaluator.curve],
         "config": to_dict(cfg),
     }
+    # metrics.json holds only what the seed fixes (the same seed on the same CPU writes the same file); wall-clock
+    # times go to timing.json.
+    timing = {
+        "wall_time_s": round(time.perf_counter() - evaluator.start, 3),
+        "curve": [{"env_steps": p["env_steps"], "wall_time_s": p["wall_time_s"]} for p in evaluator.curve],
+    }
     atomic_write_json(run / "metrics.json", metrics)
+    atomic_write_json(run / "timing.json", timing)
     (run / SNAPSHOT_NAME).unlink(missing_ok=True)  # done: --resume refuses a finished run, the snapshot is dead weight
-    return metrics
+    return {**metrics, "wall_time_s": timing["wall_time_s"]}
 
 
 @contextlib.contextmanager

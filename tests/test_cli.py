@@ -162,7 +162,3 @@ def test_collect_wm_train_wm_eval_from_the_cli(tmp_path, capsys):
         assert "open_loop_mse_10/ball" in ev[part]
     assert ev["ood"]["env_id"] == "cwm/InterventionalPong-OOD-v0"
     assert json.loads((run / "eval.json").read_text()) == ev
-    # Re-running from the saved config reproduces the run exactly.
-    assert main(["wm-train", "--config", str(run / "config.yaml"), "--run-dir", str(tmp_path / "again"), "--json"]) == 0
-    capsys.readouterr()
-    assert (tmp_path / "again" / "metrics.json").read_text() == (run / "metrics.json").read_text()

@@ -37,29 +37,12 @@ def test_random_agent_run_writes_a_complete_run_dir(tmp_path):
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.json", "agent.json", "tb"}
     assert to_dict(load_yaml(TrainConfig, run / "config.yaml")) == to_dict(cfg)  # re-runnable
     assert [p["env_steps"] for p in metrics["curve"]] == [50, 100]
-    assert metrics == _read(run) | {"config": metrics["config"]}
+    assert {k: v for k, v in metrics.items() if k != "wall_time_s"} == _read(run) | {"config": metrics["config"]}
+    assert json.loads((run / "timing.json").read_text())["wall_time_s"] == metrics["wall_time_s"]
     assert metrics["best_eval_return"] == max(p["mean_return"] for p in metrics["curve"])
     # The fixed protocol: the same agent seed scores the same episodes.
     again = evaluate_agent(RandomAgent("cwm/Chemistry-v0", seed=0), "cwm/Chemistry-v0", episodes=3, seed=0)
     assert again["mean_return"] == metrics["curve"][0]["mean_return"]
-
-
-def test_ppo_run_is_reproducible(tmp_path):
-    cfg = TrainConfig(
-        env_id="cwm/Chemistry-v0",
-        agent="ppo",
-        steps=128,
-        eval_every=64,
-        eval_episodes=2,
-        sb3_kwargs={"n_envs": 2, "n_steps": 32, "batch_size": 32, "n_epochs": 1},
-    )
-    a = train(cfg, tmp_path / "a", progress=False)
-    b = train(cfg, tmp_path / "b", progress=False)
-    assert (tmp_path / "a" / "agent.zip").is_file()
-    assert a["env_steps"] == 128
-    for key in ("curve", "final_eval_return", "best_eval_return"):
-        strip = (lambda v: [{k: x for k, x in p.items() if k != "wall_time_s"} for p in v]) if key == "curve" else None
-        assert (strip(a[key]) if strip else a[key]) == (strip(b[key]) if strip else b[key])
 
 
 def test_causal_mpc_run(tmp_path):
@@ -193,7 +176,8 @@ def test_ctrl_c_stops_cleanly_after_saving_and_the_run_resumes(tmp_path):
 
     assert main(["train", "--resume", str(run), "--json"]) == 0
     done = _read(run)
-    assert done["env_steps"] >= 30000 and done["curve"][: len(curve)] == curve
+    assert done["env_steps"] >= 30000
+    assert done["curve"][: len(curve)] == [{k: v for k, v in p.items() if k != "wall_time_s"} for p in curve]
     assert not (run / "resume.pt").exists()
 
 
