@@ -5,11 +5,12 @@ Usage::
     python benchmarks/memory_bound.py [--quick] [--out docs/memory_bound.json]
 
 Each run trains one agent through the Python API with a deliberately small buffer cap, so the cap is reached early
-(at ``cap_reached_at`` env steps) and the rest of the run shows whether anything else grows: the process's resident
-set size (RSS, ``/proc/self/statm``, after ``gc.collect()``) is sampled every ``steps / 20`` env steps. Reported per
-run: RSS at the start of learning, when the cap is reached, and at the end, the growth from the cap to the end
-(what a bounded run keeps near zero), and that growth per 10,000 env steps. Runs are sequential in one process, so
-later runs start from the earlier runs' allocator high-water mark; each run's growth is measured from its own cap.
+(at ``cap_reached_at`` env steps, well before half the run) and the rest shows whether anything else grows: the
+process's resident set size (RSS, ``/proc/self/statm``, after ``gc.collect()``) is sampled every ``steps / 20`` env
+steps. Reported per run: RSS at 0/25/50/75/100% of the run, the growth over the second half (what a bounded run keeps
+near zero: by then the buffer is full, the model has been fitted and the planner has run, so the allocator is warm),
+that growth per 10,000 env steps, and the highest RSS in the second half. Runs are sequential in one process, so
+later runs start from the earlier runs' allocator high-water mark; each run's growth is measured on its own.
 
 * ``causal-mpc`` on Pong: its :class:`~cwm_rl.agents.sequence_buffer.SequenceBuffer` capped at ``mpc.buffer_size``.
 * ``dqn`` on Pong: SB3's ``ReplayBuffer`` capped at ``buffer_size`` (allocated up front by SB3).
@@ -94,8 +95,9 @@ def run_one(name: str, agent_id: str, steps: int, overrides: dict[str, Any], cap
         agent.close()
     points = sampler.points
     at_cap = next(p for p in points if p[0] >= cap)
+    half = next(p for p in points if p[0] >= steps // 2)
     end = points[-1]
-    growth = end[1] - at_cap[1]
+    growth = end[1] - half[1]
     return {
         "name": name,
         "agent": agent_id,
@@ -103,11 +105,11 @@ def run_one(name: str, agent_id: str, steps: int, overrides: dict[str, Any], cap
         "env_steps": int(end[0]),
         "cap_transitions": cap,
         "cap_reached_at": at_cap[0],
-        "rss_start_mb": points[0][1],
-        "rss_at_cap_mb": at_cap[1],
-        "rss_end_mb": end[1],
-        "growth_after_cap_mb": round(growth, 2),
-        "growth_per_10k_steps_mb": round(growth / max(1, end[0] - at_cap[0]) * 10_000, 3),
+        "rss_mb_at": {f"{q}%": next(p for p in points if p[0] >= steps * q // 100)[1] for q in (0, 25, 50, 75)}
+        | {"100%": end[1]},
+        "max_rss_second_half_mb": max(p[1] for p in points if p[0] >= half[0]),
+        "growth_second_half_mb": round(growth, 2),
+        "growth_per_10k_steps_mb": round(growth / max(1, end[0] - half[0]) * 10_000, 3),
         "wall_time_s": round(wall, 1),
         "points": points,
     }
@@ -120,9 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     scale = 4 if args.quick else 1
-    planner = {"mpc.planner.population": 64, "mpc.planner.horizon": 8, "mpc.planner.iterations": 2}
+    mpc = {"mpc.planner.population": 64, "mpc.planner.horizon": 8, "mpc.planner.iterations": 2}
+    mpc |= {"mpc.seed_steps": 1_000 // scale, "mpc.train_every": 500 // scale, "mpc.buffer_size": 2_000 // scale}
     runs = [
-        ("causal-mpc", "causal-mpc", 16_000 // scale, {**planner, "mpc.buffer_size": 2_000 // scale}, 2_000 // scale),
+        ("causal-mpc", "causal-mpc", 12_000 // scale, mpc, 2_000 // scale),
         ("dqn", "dqn", 200_000 // scale, {"sb3_kwargs.buffer_size": 20_000 // scale}, 20_000 // scale),
         ("ppo + probe", "ppo", 200_000 // scale, {}, 20_000 // scale),
     ]
@@ -131,10 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         r = run_one(name, agent_id, steps, overrides, cap)
         results.append(r)
         print(
-            f"{name:12s} {r['env_steps']:>8,} steps, cap {cap:>6,} reached at {r['cap_reached_at']:>7,}: RSS "
-            f"{r['rss_start_mb']:.0f} -> {r['rss_at_cap_mb']:.0f} -> {r['rss_end_mb']:.0f} MB "
-            f"(growth after the cap {r['growth_after_cap_mb']:+.1f} MB, {r['growth_per_10k_steps_mb']:+.2f} MB / 10k "
-            f"steps; {r['wall_time_s']:.0f} s)",
+            f"{name:12s} {r['env_steps']:>8,} steps, cap {cap:>6,} reached at {r['cap_reached_at']:>7,}: RSS (MB) "
+            + " / ".join(f"{v:.0f}" for v in r["rss_mb_at"].values())
+            + f" at 0/25/50/75/100%; second half {r['growth_second_half_mb']:+.1f} MB "
+            f"({r['growth_per_10k_steps_mb']:+.2f} MB / 10k steps; {r['wall_time_s']:.0f} s)",
             flush=True,
         )
     machine = {**machine_info(), "torch": torch.__version__, "threads": 1}

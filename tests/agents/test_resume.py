@@ -3,6 +3,7 @@ uninterrupted one (wall times aside), for every kind of agent; snapshots of anot
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import subprocess
@@ -215,3 +216,36 @@ def test_a_bad_snapshot_is_refused_in_one_line_and_kept(tmp_path, capsys):
     snap.write_bytes(good)
     assert main(["train", "--resume", str(tmp_path / "run"), "--json"]) == 0
     assert not snap.exists() and (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_a_full_disk_during_a_snapshot_stops_the_run_in_one_line_and_keeps_the_last_snapshot(
+    tmp_path, monkeypatch, capsys
+):
+    import os
+
+    cfg = _config("random", steps=96)
+    saves, real_save = [], torch.save
+
+    def fills_the_disk_on_the_second_snapshot(obj, f, *args, **kwargs):
+        saves.append(1)
+        if len(saves) == 2:
+            f.write(b"PK")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk_on_the_second_snapshot)
+    run = tmp_path / "run"
+    assert main(["train", "--config", _yaml(tmp_path, cfg), "--run-dir", str(run)]) == 2
+    monkeypatch.setattr(torch, "save", real_save)
+    err = capsys.readouterr().err.strip()
+    assert "No space left on device" in err and "previous file is intact" in err and len(err.splitlines()) == 1
+    kept = torch.load(run / SNAPSHOT_NAME, weights_only=False)["manifest"]["step"]
+    assert kept == 32  # the first snapshot, intact
+    assert not [n for n in os.listdir(run) if n.endswith(".tmp")]  # no half-written file left behind
+    assert main(["train", "--resume", str(run), "--json"]) == 0  # and the run goes on from it
+    assert json.loads((run / "metrics.json").read_text())["env_steps"] == 96
+
+
+def _yaml(tmp_path, cfg) -> str:
+    save_yaml(cfg, tmp_path / "cfg.yaml")
+    return str(tmp_path / "cfg.yaml")
