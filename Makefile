@@ -25,7 +25,8 @@ test: $(STAMP)
 	exit $$rc
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/env_throughput.py --out docs/env_throughput.json
+	$(BIN)/cwm-rl bench --out-dir docs
+	$(BIN)/python benchmarks/make_results.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

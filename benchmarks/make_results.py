@@ -109,6 +109,64 @@ def _planning_section(planning: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _wm_throughput_section(bench: dict) -> list[str]:
+    m, params = bench["machine"], bench["parameters"]
+    lines = [
+        "## World-model training throughput vs sequence length",
+        "",
+        f"`benchmarks/wm_throughput.py`: one forward + backward pass on {bench['results'][0]['batch']} sequences "
+        f"of Interventional Pong, slot SSM ({params['slot-ssm']:,} parameters) vs slot Transformer "
+        f"({params['slot-transformer']:,}), median of alternating repetitions, on {_machine(m)}, torch "
+        f"{m['torch']}, {m['threads']} thread(s); load average {m['load_before']:.1f} before, {m['load_after']:.1f} "
+        "after. Peak memory: growth of the resident set over three steps, each in a fresh process.",
+        "",
+        "| sequence length | slot SSM (transitions/s) | slot Transformer (transitions/s) | SSM / Transformer "
+        "| peak memory SSM / Transformer (MB) |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for r in bench["results"]:
+        ssm, tf = r.get("slot-ssm_peak_mb"), r.get("slot-transformer_peak_mb")
+        memory = f"{ssm:,.0f} / {tf:,.0f}" if ssm is not None and tf is not None else "not measured"
+        lines.append(
+            f"| {r['length']:,} | {r['slot-ssm_transitions_per_s']:,.0f} "
+            f"| {r['slot-transformer_transitions_per_s']:,.0f} | {r['ssm_over_transformer']:.2f} | {memory} |"
+        )
+    by_len = {r["length"]: r["ssm_over_transformer"] for r in bench["results"]}
+    if 64 in by_len and 1024 in by_len:
+        lines += [
+            "",
+            f"Targets (issue 5): SSM at least equal at length 64: **{'met' if by_len[64] >= 1 else 'not met'}** "
+            f"({by_len[64]:.2f}); at least 3x faster at 1,024: **{'met' if by_len[1024] >= 3 else 'not met'}** "
+            f'({by_len[1024]:.2f}). See docs/design_notes.md, "Performance", for the profile.',
+        ]
+    return [*lines, ""]
+
+
+def _imagination_section(bench: dict) -> list[str]:
+    m, h = bench["machine"], bench["horizon"]
+    lines = [
+        "## Imagination cost per step",
+        "",
+        f"`benchmarks/imagination_cost.py`: one batched imagined step ({bench['results'][0]['batch']} trajectories, "
+        f"Interventional Pong) early (step 8) and late (step {h}) in a rollout through the model's recurrent `step`; "
+        f"medians over 8 steps and alternating repetitions, on {_machine(m)}, torch {m['torch']}, {m['threads']} "
+        "thread(s). The SSM carries a fixed-size state; the Transformer a key/value cache that grows each step.",
+        "",
+        f"| world model | ms at step 8 | ms at step {h} | step {h} / step 8 |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in bench["results"]:
+        lines.append(f"| {r['model']} | {r['ms_step_8']:.2f} | {r[f'ms_step_{h}']:.2f} | {r['late_over_early']:.2f} |")
+    ssm = next((r for r in bench["results"] if r["model"] == "slot-ssm"), None)
+    if ssm:
+        lines += [
+            "",
+            f"Target (issue 5): the SSM's ratio at most 1.2: **{'met' if ssm['late_over_early'] <= 1.2 else 'not met'}"
+            f"** ({ssm['late_over_early']:.2f}).",
+        ]
+    return [*lines, ""]
+
+
 def _memory_section(memory: dict) -> list[str]:
     m = memory["machine"]
     lines = [
@@ -217,6 +275,12 @@ def main() -> int:
     planning = _load("planning_throughput.json")
     if planning:
         lines += _planning_section(planning)
+    wm_throughput = _load("wm_throughput.json")
+    if wm_throughput:
+        lines += _wm_throughput_section(wm_throughput)
+    imagination = _load("imagination_cost.json")
+    if imagination:
+        lines += _imagination_section(imagination)
     memory = _load("memory_bound.json")
     if memory:
         lines += _memory_section(memory)

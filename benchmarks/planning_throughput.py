@@ -15,6 +15,7 @@ divided by ``n_envs``), and imagined transitions per second (envs x population x
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="Pong only, 3 repeats")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 "imagined_transitions_per_s": imagined / per_call,
             }
             results.append(row)
+            if args.json:
+                continue
             print(
                 f"{env_id:<28} {m:<17} {row['planner']:<15} pop {p.population:>4} H {p.horizon:>3} it {p.iterations}"
                 f": {row['ms_per_decision']:8.1f} ms/decision, {row['ms_per_env_step']:6.1f} ms/env step, "
@@ -92,7 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     machine = {**machine_info(), "torch": torch.__version__, "threads": args.threads}
     machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
-    write_json(args.out, {"benchmark": "planning_throughput", "machine": machine, "results": results})
+    payload = {"benchmark": "planning_throughput", "machine": machine, "results": results}
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    write_json(args.out, payload)
     return 0
 
 

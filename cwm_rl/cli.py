@@ -236,6 +236,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from cwm_rl.bench import run_benchmarks
+
+    return run_benchmarks(args.names, quick=args.quick, as_json=args.json, out_dir=args.out_dir)
+
+
 def _cmd_wm_eval(args: argparse.Namespace) -> int:
     from cwm_rl.wm_evaluation import SUMMARY_KEYS
     from cwm_rl.wm_training import evaluate_run
@@ -423,6 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="where to write curves.png and comparison.md")
     p.add_argument("--threshold", type=float, help="return threshold (default: the first group's final return)")
     p.set_defaults(func=_cmd_compare)
+
+    from cwm_rl.bench import BENCHMARKS
+
+    p = sub.add_parser(
+        "bench",
+        help="run the speed benchmarks (a source checkout's benchmarks/), each a table or JSON",
+        description="Benchmarks: " + "; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + ". Ratios are measured "
+        "side by side in one run (alternating repetitions, medians); the machine is recorded.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME", help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
+    p.add_argument("--quick", action="store_true", help="short versions (about 2 minutes for all on 2 cores)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--out-dir", metavar="DIR", help="also write DIR/<name>.json (docs/ feeds docs/results.md)")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

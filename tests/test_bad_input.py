@@ -87,6 +87,7 @@ CLI_CASES = [
     (["eval", f"{D}/done", "--episodes", "0"], "episodes=0 must be a positive"),
     (["eval", f"{D}/done", "--env", "cwm/Pusher2D-v0"], "observations or actions differ"),
     (["compare", f"{D}/missing", "--out", f"{D}/cmp"], "not a `cwm-rl train` run directory"),
+    (["bench", "nope", "--out-dir", f"{D}/bench"], "unknown benchmark(s) ['nope']"),
 ]
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cwm_rl.cli import main
 from cwm_rl.envs import causal_env_ids
@@ -162,3 +163,16 @@ def test_collect_wm_train_wm_eval_from_the_cli(tmp_path, capsys):
         assert "open_loop_mse_10/ball" in ev[part]
     assert ev["ood"]["env_id"] == "cwm/InterventionalPong-OOD-v0"
     assert json.loads((run / "eval.json").read_text()) == ev
+
+
+def test_bench_runs_a_benchmark_and_prints_json(tmp_path, capsys):
+    assert main(["bench", "wm_throughput", "--quick", "--json", "--out-dir", str(tmp_path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "wm_throughput.json").read_text())
+    assert [r["length"] for r in printed["results"]] == [16, 64, 256]
+    ssm, transformer = printed["parameters"]["slot-ssm"], printed["parameters"]["slot-transformer"]
+    assert abs(ssm - transformer) / transformer < 0.1  # the comparison is at matched size
+    for r in printed["results"]:
+        assert r["slot-ssm_transitions_per_s"] > 0 and r["slot-transformer_transitions_per_s"] > 0
+        ratio = r["slot-ssm_transitions_per_s"] / r["slot-transformer_transitions_per_s"]
+        assert r["ssm_over_transformer"] == pytest.approx(ratio)
