@@ -68,11 +68,14 @@ def save_snapshot(
     agent_id: str,
     config: dict[str, Any],
     step: int,
+    model: str | None = None,
 ) -> Path:
     """Write the snapshot atomically: the agent object, the training script's state and the global random
-    streams, under a manifest. A failed write (disk full) leaves the previous snapshot intact."""
+    streams, under a manifest (``model``: the world-model kind, for agents that have one). A failed write (disk
+    full) leaves the previous snapshot intact."""
     payload = {"agent": agent, "trainer": trainer_state, "rng": global_rng_state()}
-    manifest = {"kind": KIND, "env_id": env_id, "agent": agent_id, "config_hash": config_hash(config), "step": step}
+    manifest = {"kind": KIND, "env_id": env_id, "agent": agent_id, "model": model, "step": step}
+    manifest["config_hash"] = config_hash(config)
     return save_checkpoint(path, payload, manifest)
 
 

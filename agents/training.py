@@ -213,6 +213,7 @@ class _Evaluator:
                 agent_id=self.cfg.agent,
                 config=self.config_dict,
                 step=int(agent.num_timesteps),
+                model=getattr(getattr(agent, "config", None), "model", None),  # MPC and Dyna agents' world model
             )
             self.snapshot_step = int(agent.num_timesteps)
         self.snapshot_due = False

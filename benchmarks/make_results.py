@@ -167,6 +167,32 @@ def _imagination_section(bench: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _end_to_end_section(bench: dict) -> list[str]:
+    m = bench["machine"]
+    threshold = bench["results"][0]["threshold"]
+    lines = [
+        "## End to end: steps and wall time to a return threshold",
+        "",
+        f"`benchmarks/end_to_end.py`: `causal-mpc` and `ppo` trained on `{bench['env_id']}` at their shipped "
+        "defaults with `cwm-rl train`'s API, evaluated with the fixed protocol (5 deterministic episodes) every "
+        f"tenth of the budget; the first evaluation at or above {threshold} counts. One run per agent and seed, one "
+        f"at a time, on {_machine(m)}, torch {m['torch']}; load average {m['load_before']:.1f} before, "
+        f"{m['load_after']:.1f} after.",
+        "",
+        "| agent | seed | budget (env steps) | steps to threshold | wall time to threshold (s) | final return "
+        "| best return | wall time (s) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in bench["results"]:
+        steps, wall = r["steps_to_threshold"], r["wall_s_to_threshold"]
+        to_threshold = f"{steps:,} | {wall:.0f}" if steps is not None else "not reached | -"
+        lines.append(
+            f"| {r['agent']} | {r['seed']} | {r['budget']:,} | {to_threshold} | {r['final_eval_return']:.2f} "
+            f"| {r['best_eval_return']:.2f} | {r['wall_time_s']:.0f} |"
+        )
+    return [*lines, ""]
+
+
 def _memory_section(memory: dict) -> list[str]:
     m = memory["machine"]
     lines = [
@@ -281,6 +307,9 @@ def main() -> int:
     imagination = _load("imagination_cost.json")
     if imagination:
         lines += _imagination_section(imagination)
+    end_to_end = _load("end_to_end.json")
+    if end_to_end:
+        lines += _end_to_end_section(end_to_end)
     memory = _load("memory_bound.json")
     if memory:
         lines += _memory_section(memory)
