@@ -26,6 +26,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/cwm-rl bench --out-dir docs
+	$(BIN)/cwm-rl bench end_to_end --out-dir docs
 	$(BIN)/python benchmarks/make_results.py
 
 lint: $(STAMP)

@@ -22,9 +22,13 @@ BENCHMARKS = {
     "imagination_cost": "one imagined step at rollout step 8 vs 512: slot SSM vs slot Transformer",
     "planning_throughput": "ms per MPC decision with each env's default planner",
     "memory_bound": "resident memory over a long run with capped buffers",
+    "end_to_end": "env steps and wall time for causal-mpc and ppo to reach a return threshold on Pong",
 }
 """The speed benchmarks, in the order ``cwm-rl bench`` runs them (experiments such as ``wm_comparison`` are run
 directly)."""
+
+ON_REQUEST = ("end_to_end",)
+"""Run only when named (``cwm-rl bench end_to_end``): it trains agents for minutes even with ``--quick``."""
 
 
 def benchmarks_dir() -> Path:
@@ -41,9 +45,9 @@ def benchmarks_dir() -> Path:
 def run_benchmarks(
     names: list[str] | None = None, quick: bool = False, as_json: bool = False, out_dir: str | None = None
 ) -> int:
-    """Run ``names`` (default: all of :data:`BENCHMARKS`); each prints its table (or JSON) and, with ``out_dir``,
-    writes ``<out_dir>/<name>.json``. Returns the first non-zero exit code, else 0."""
-    names = list(names or BENCHMARKS)
+    """Run ``names`` (default: all of :data:`BENCHMARKS` but :data:`ON_REQUEST`); each prints its table (or JSON)
+    and, with ``out_dir``, writes ``<out_dir>/<name>.json``. Returns the first non-zero exit code, else 0."""
+    names = list(names or [n for n in BENCHMARKS if n not in ON_REQUEST])
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         raise InvalidArgumentError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")

@@ -438,7 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmarks: " + "; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + ". Ratios are measured "
         "side by side in one run (alternating repetitions, medians); the machine is recorded.",
     )
-    p.add_argument("names", nargs="*", metavar="NAME", help=f"which to run (default: all): {', '.join(BENCHMARKS)}")
+    p.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"which to run (default: all but end_to_end): {', '.join(BENCHMARKS)}"
+    )
     p.add_argument("--quick", action="store_true", help="short versions (about 2 minutes for all on 2 cores)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--out-dir", metavar="DIR", help="also write DIR/<name>.json (docs/ feeds docs/results.md)")
