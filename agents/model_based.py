@@ -201,6 +201,7 @@ class MPCAgent(LearnerViews):
                 "next_obs": next_obs,
                 "terminated": np.asarray(terminated, dtype=bool),
                 "local_graph": np.asarray(info["local_graph"], dtype=bool),
+                "intervened": np.asarray(info["intervened"], dtype=bool),
             }
             self.buffer.add(step, valid, ended)
             self._ep_return += np.where(valid, reward, 0.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-KEYS = ("obs", "action", "reward", "next_obs", "terminated", "local_graph")
+KEYS = ("obs", "action", "reward", "next_obs", "terminated", "local_graph", "intervened")
 
 
 class SequenceBuffer:

@@ -191,6 +191,7 @@ class WorldModelLearner:
             data = buffer.arrays()
             self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.layout.action_start)
         loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
+        slot_dims = self.layout.slot_dims
         self.model.train()
         sums: dict[str, float] = {}
         start = time.perf_counter()
@@ -198,7 +199,7 @@ class WorldModelLearner:
             torch.set_rng_state(self._torch_rng)
             for _ in range(updates):
                 batch = buffer.sample(cfg.batch_size, self._rng)
-                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg)
+                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg, slot_dims)
                 self.optim.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -330,6 +331,7 @@ def sb3_transitions(
     next_obs = new_obs.reshape(n, -1).copy()
     terminated = np.zeros(n, dtype=bool)
     graphs = np.zeros((n, *layout.graph_shape), dtype=bool)
+    intervened = np.zeros((n, len(layout.slot_names)), dtype=bool)
     valid = np.zeros(n, dtype=bool)
     for i, info in enumerate(infos):
         if dones[i] and "terminal_observation" in info:
@@ -337,6 +339,7 @@ def sb3_transitions(
         terminated[i] = dones[i] and not info.get("TimeLimit.truncated", False)
         if "local_graph" in info:
             graphs[i] = info["local_graph"]
+            intervened[i] = info.get("intervened", False)
             valid[i] = True
     step = {
         "obs": np.array(last_obs, dtype=np.float32).reshape(n, -1),
@@ -345,6 +348,7 @@ def sb3_transitions(
         "next_obs": next_obs,
         "terminated": terminated,
         "local_graph": graphs,
+        "intervened": intervened,
     }
     return step, valid, dones
 

@@ -6,7 +6,9 @@ import dataclasses
 import json
 
 import pytest
+import torch
 import yaml
+from torch.nn import functional as F
 
 from cwm_rl.checkpoint import CheckpointError, load_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides
@@ -127,3 +129,41 @@ def test_wm_eval_rejects_a_checkpoint_of_another_model_and_data_of_another_env(p
     chem = collect("cwm/Chemistry-v0", 300, tmp_path / "chem", num_envs=4).path
     with pytest.raises(UserError, match="Chemistry"):
         evaluate_run(tmp_path / "mlp", chem, ood_steps=0)
+
+
+def test_mechanism_mse_leaves_out_the_slots_that_were_intervened_on():
+    from cwm_rl.wm_training import mechanism_mse
+
+    target = torch.zeros(2, 3, 5)  # slots of widths (1, 4): entry 0 is slot 0, entries 1-4 slot 1
+    pred = torch.zeros(2, 3, 5)
+    pred[0, 1, 1:] = 100.0  # slot 1 of one transition is far off ...
+    intervened = torch.zeros(2, 3, 2, dtype=torch.bool)
+    intervened[0, 1, 1] = True  # ... because it was intervened on there
+    pred[1, 2, 0] = 2.0  # a real error elsewhere counts
+    kept = 2 * 3 * 5 - 4
+    assert mechanism_mse(pred, target, intervened, (1, 4)).item() == pytest.approx(4.0 / kept)
+    assert mechanism_mse(pred, target, torch.zeros_like(intervened), (1, 4)).item() == pytest.approx(
+        F.mse_loss(pred, target).item()
+    )
+    everything = mechanism_mse(pred.requires_grad_(), target, torch.ones_like(intervened), (1, 4))
+    assert everything.item() == 0.0 and everything.requires_grad
+
+
+def test_world_model_loss_masks_interventions_only_when_asked(pong_data):
+    from cwm_rl.data import TransitionWindows
+    from cwm_rl.models.factory import make_world_model
+    from cwm_rl.wm_evaluation import Normalizer
+    from cwm_rl.wm_training import world_model_loss
+
+    ds = TransitionWindows(pong_data, 8)
+    batch = {k: torch.stack([ds[i][k] for i in range(32)]) for k in ds[0]}
+    assert batch["intervened"].any()  # the data has interventions to leave out
+    dims = [s.stop - s.start for s in ds.slot_slices.values()]
+    torch.manual_seed(0)
+    model = make_world_model("slot-ssm", dims, ("discrete", 3), SlotModelConfig(d_model=16)).eval()  # no gate noise
+    norm = Normalizer.fit(ds, list(range(len(ds))), action_start=0)
+    on, off = WMTrainConfig(model="slot-ssm"), WMTrainConfig(model="slot-ssm", mask_interventions=False)
+    masked = world_model_loss(model, batch, norm, on, dims)[1]["prediction"]
+    plain = world_model_loss(model, batch, norm, off, dims)[1]["prediction"]
+    no_dims = world_model_loss(model, batch, norm, on)[1]["prediction"]
+    assert masked.item() != pytest.approx(plain.item()) and no_dims.item() == pytest.approx(plain.item())

@@ -34,6 +34,7 @@ def _step(n_envs: int, t: int) -> dict[str, np.ndarray]:
         "next_obs": np.full((n_envs, 2), t + 1, np.float32),
         "terminated": np.zeros(n_envs, bool),
         "local_graph": np.zeros((n_envs, 1, 2), bool),
+        "intervened": np.zeros((n_envs, 1), bool),
     }
 
 
@@ -135,6 +136,9 @@ def test_agent_learns_a_model_and_plans_valid_actions(trained_agent):
     actions = agent.predict(np.asarray(agent._obs))
     assert actions.shape == (2,) and all(agent.action_space.contains(a) for a in actions)
     assert len(agent.buffer) == agent.num_timesteps
+    # The env's intervention flags are kept, so the model's loss can leave intervened slots out.
+    flags = agent.buffer.arrays()["intervened"]
+    assert flags.shape == (len(agent.buffer), 4) and 0 < flags.any(axis=1).mean() < 0.5
 
 
 def test_judging_the_world_model_leaves_torch_global_random_stream_alone(trained_agent):

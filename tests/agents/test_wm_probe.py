@@ -61,8 +61,9 @@ def test_probe_record_skips_steps_without_a_local_graph_and_uses_terminal_observ
     last = np.zeros((3, 30), np.float32)
     new = np.ones((3, 30), np.float32)
     graph = np.eye(6, 7, dtype=bool)
+    hit = np.eye(1, 6, 2, dtype=bool)[0]  # slot 2 was intervened on in the first transition
     infos = [
-        {"local_graph": graph},
+        {"local_graph": graph, "intervened": hit},
         {"local_graph": graph, "terminal_observation": np.full(30, 7.0), "TimeLimit.truncated": False},
         {},  # e.g. a wrapper that drops the info: not a usable transition
     ]
@@ -78,6 +79,7 @@ def test_probe_record_skips_steps_without_a_local_graph_and_uses_terminal_observ
     assert data["next_obs"][0].tolist() == [1.0] * 30 and data["next_obs"][1].tolist() == [7.0] * 30
     assert data["terminated"].tolist() == [False, True] and data["action"].tolist() == [1, 2]
     assert (data["local_graph"] == graph).all() and data["reward"].tolist() == [0.5, 1.0]
+    assert data["intervened"].tolist() == [hit.tolist(), [False] * 6]  # no flags in the info: none intervened
 
 
 @pytest.mark.parametrize(

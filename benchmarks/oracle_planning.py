@@ -1,0 +1,168 @@
+"""How well can MPC play Interventional Pong with a *perfect* model? The planner's ceiling, without any learning.
+
+Usage::
+
+    python benchmarks/oracle_planning.py [--steps 1500] [--quick] [--json] [--out docs/oracle_planning.json]
+
+The shipped categorical CEM (:mod:`cwm_rl.planning`) plans 8 real envs at once, but candidates are scored with the
+env's own batched dynamics (``CausalEnv._step_batch``, the simulator behind ``step``) from the real current state
+instead of a learned model. The env is stochastic (paddle noise; an intervention in 15% of the steps), so a
+candidate's return is a sample; the variants differ in how it is sampled:
+
+* ``independent, 1 sample``: each candidate gets its own noise (what a stochastic simulator gives by default);
+* ``common noise, 1 / 4 samples``: all candidates of one env share the same noise draws (common random numbers),
+  and the return is averaged over 1 or 4 draws.
+
+Reference policies under the same protocol: uniformly random actions, and a hand-written rule that moves the
+paddle towards the ball's height. Returns are complete episodes (first to 5 points) in ``--steps`` vector steps.
+This reads the simulator's internals on purpose: it is a diagnostic of the planner, not an agent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, write_json  # noqa: E402
+
+from cwm_rl.data import make_vector_env  # noqa: E402
+from cwm_rl.planning import PlannerConfig, make_planner  # noqa: E402
+
+ENV_ID = "cwm/InterventionalPong-v0"
+N_ENVS = 8
+VARIANTS = {  # name: (common noise, samples per candidate)
+    "independent, 1 sample": (False, 1),
+    "common noise, 1 sample": (True, 1),
+    "common noise, 4 samples": (True, 4),
+}
+
+
+def true_returns(venv, actions: torch.Tensor, rng: np.random.Generator, common: bool, samples: int, discount: float):
+    """Discounted returns ``(envs, population)`` of candidate sequences under the env's own dynamics."""
+    core = venv.env
+    b, p, h = actions.shape
+    seq = actions.reshape(b * p, h).numpy()
+    total = np.zeros(b * p)
+    for _ in range(samples):
+        state = {k: np.repeat(v, p, axis=0) for k, v in venv._state.items()}
+        alive = np.ones(b * p)
+        for t in range(h):
+            shape = (b, 1 if common else p, core.n_step_uniforms)
+            u = np.broadcast_to(rng.random(shape), (b, p, core.n_step_uniforms)).reshape(b * p, -1)
+            step = core._step_batch(state, seq[:, t], u)
+            state = step.state
+            total += alive * discount**t * step.reward / samples
+            alive = alive * (1.0 - step.terminated)
+    return torch.as_tensor(total.reshape(b, p), dtype=torch.float32)
+
+
+def play(policy, steps: int, seed: int) -> list[float]:
+    """Episode returns of ``policy(venv, obs) -> actions`` over ``steps`` vector steps (complete episodes only)."""
+    venv, _ = make_vector_env(ENV_ID, N_ENVS, {})
+    obs, _ = venv.reset(seed=seed)
+    returns, running = [], np.zeros(N_ENVS)
+    for _ in range(steps):
+        obs, reward, terminated, truncated, _ = venv.step(policy(venv, obs))
+        running += reward
+        done = terminated | truncated
+        returns += running[done].tolist()
+        running[done] = 0.0
+        if done.any() and hasattr(policy, "reset"):
+            policy.reset(done)
+    venv.close()
+    return returns
+
+
+class OraclePlanner:
+    """Categorical CEM whose candidates are scored by the true simulator."""
+
+    def __init__(self, config: PlannerConfig, common: bool, samples: int, seed: int) -> None:
+        self.config, self.common, self.samples = config, common, samples
+        self.planner = None
+        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+
+    def __call__(self, venv, obs):
+        if self.planner is None:
+            self.planner = make_planner(venv.single_action_space, self.config, batch=N_ENVS, seed=self.seed)
+        return self.planner.plan(lambda a: true_returns(venv, a, self.rng, self.common, self.samples, 0.99))
+
+    def reset(self, done) -> None:
+        self.planner.reset(done)
+
+
+def tracker(venv, obs):
+    """Move the right paddle towards the ball's height (a hand-written reference policy)."""
+    paddle, ball_y = obs[:, 1], obs[:, 3]
+    return np.where(ball_y > paddle + 1.0, 1, np.where(ball_y < paddle - 1.0, 2, 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1500, help="vector steps of 8 envs per policy")
+    parser.add_argument("--horizon", type=int, default=20)
+    parser.add_argument("--population", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=123)
+    parser.add_argument("--quick", action="store_true", help="200 vector steps")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 200
+    torch.set_num_threads(1)
+    config = PlannerConfig(
+        name="categorical-cem", horizon=args.horizon, population=args.population, iterations=args.iterations
+    )
+    rng = np.random.default_rng(args.seed)
+    policies = {
+        "random": lambda venv, obs: rng.integers(0, 3, N_ENVS),
+        "ball tracker": tracker,
+        **{f"oracle MPC, {name}": OraclePlanner(config, *v, seed=args.seed) for name, v in VARIANTS.items()},
+    }
+    results = []
+    for name, policy in policies.items():
+        start = time.perf_counter()
+        returns = play(policy, args.steps, args.seed)
+        results.append(
+            {
+                "policy": name,
+                "episodes": len(returns),
+                "mean_return": float(np.mean(returns)) if returns else None,
+                "std_return": float(np.std(returns)) if returns else None,
+                "wall_s": round(time.perf_counter() - start, 1),
+            }
+        )
+        if not args.json:
+            r = results[-1]
+            mean = f"{r['mean_return']:.2f} ± {r['std_return']:.2f}" if returns else "n/a"
+            print(f"{name:<38} {r['episodes']:>4} episodes  return {mean}  ({r['wall_s']:.0f} s)", flush=True)
+    payload = {
+        "benchmark": "oracle_planning",
+        "env_id": ENV_ID,
+        "planner": {
+            "name": config.name,
+            "horizon": config.horizon,
+            "population": config.population,
+            "iterations": config.iterations,
+        },
+        "steps": args.steps,
+        "n_envs": N_ENVS,
+        "machine": {**machine_info(), "torch": torch.__version__},
+        "results": results,
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    write_json(args.out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
