@@ -6,6 +6,7 @@ Usage::
     python benchmarks/verify_suite.py --out docs/verification.json
     python benchmarks/memory_bound.py --out docs/memory_bound.json      # (and the other benchmarks/*.py --out)
     python benchmarks/intervention_masking.py --seeds 0 1 2 --out docs/intervention_masking.json
+    python benchmarks/oracle_planning.py --out docs/oracle_planning.json
     python benchmarks/make_results.py            # writes docs/results.md
 """
 
@@ -227,6 +228,26 @@ def _masking_section(bench: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _oracle_section(bench: dict) -> list[str]:
+    m, pl = bench["machine"], bench["planner"]
+    lines = [
+        "## The planner's ceiling: MPC with the true simulator",
+        "",
+        f"`benchmarks/oracle_planning.py`: the shipped {pl['name']} (horizon {pl['horizon']}, population "
+        f"{pl['population']}, {pl['iterations']} iterations) plans {bench['n_envs']} real `{bench['env_id']}` envs "
+        "and scores candidates with the env's own batched dynamics from the real state (no learning). Candidates get "
+        "independent noise, or common noise for all candidates of an env (1 or 4 draws averaged). Complete episodes "
+        f"in {bench['steps']:,} vector steps, mean ± std, on {_machine(m)}, torch {m['torch']}.",
+        "",
+        "| policy | episodes | return | wall time (s) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in bench["results"]:
+        ret = f"{r['mean_return']:.2f} ± {r['std_return']:.2f}" if r["episodes"] else "n/a"
+        lines.append(f"| {r['policy']} | {r['episodes']} | {ret} | {r['wall_s']:.0f} |")
+    return [*lines, ""]
+
+
 def _memory_section(memory: dict) -> list[str]:
     m = memory["machine"]
     lines = [
@@ -344,6 +365,9 @@ def main() -> int:
     imagination = _load("imagination_cost.json")
     if imagination:
         lines += _imagination_section(imagination)
+    oracle = _load("oracle_planning.json")
+    if oracle:
+        lines += _oracle_section(oracle)
     end_to_end = _load("end_to_end.json")
     if end_to_end:
         lines += _end_to_end_section(end_to_end)
