@@ -53,6 +53,7 @@ from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.wm_evaluation import Normalizer
 
+from .coda import coda_transitions
 from .model_based import MPC_AGENTS, env_defaults
 from .sb3_baselines import _ALGO_CLASSES, SB3Agent, _jsonable, check_algo, load_hyperparams
 from .sequence_buffer import SequenceBuffer
@@ -90,6 +91,10 @@ class DynaConfig:
         rollout_batch: imagined rollouts (real start states) per refit (MBPO's rollout batch size).
         model_buffer_size: imagined transitions kept (FIFO); older ones come from older policies and models.
         real_ratio: share of real transitions in every SB3 training batch (MBPO: 0.05); 1 is model-free.
+        coda_batch: pairs of real transitions mixed into counterfactual ones after every refit (CoDA, Pitis et al.
+            2020, :mod:`cwm_rl.agents.coda`: slots the learned local graphs show independent are swapped between
+            two transitions); the accepted ones join the imagined transitions in the model buffer. 0 (default): off.
+            Needs a model with a graph (not ``mlp``).
         utd: SB3 gradient steps per real env step (update-to-data ratio; sets SB3's ``gradient_steps``).
         threads: torch CPU threads (1 is fastest for these small networks on 2 cores).
         slot: the slot models' architecture; ``mlp_hidden``/``mlp_layers`` the MLP's.
@@ -112,6 +117,7 @@ class DynaConfig:
     rollout_batch: int = 1000
     model_buffer_size: int = 20_000
     real_ratio: float = 0.05
+    coda_batch: int = 0
     utd: float = 1.0
     threads: int = 1
     slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=32))
@@ -132,9 +138,13 @@ def check_dyna_config(cfg: DynaConfig) -> None:
     for name in ("rollout_horizon", "rollout_batch", "model_buffer_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
-    for name in ("seed_steps", "updates"):
+    for name in ("seed_steps", "updates", "coda_batch"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.coda_batch and cfg.model == "mlp":
+        raise ConfigError("coda_batch needs a world model with a local causal graph; the mlp model has none")
+    if cfg.coda_batch and cfg.sb3_kwargs.get("optimize_memory_usage"):
+        raise ConfigError("coda_batch reads next observations SB3 does not keep with optimize_memory_usage=true")
     if not 0.0 <= cfg.real_ratio <= 1.0:
         raise ConfigError(f"real_ratio={cfg.real_ratio} must be in [0, 1] (the share of real data per batch)")
     if not (np.isfinite(cfg.utd) and cfg.utd > 0):
@@ -251,6 +261,20 @@ class MixedReplayBuffer(ReplayBuffer):
             self._normalize_reward(self.model_rewards[idx].reshape(-1, 1), env),
         )
         return ReplayBufferSamples(*tuple(map(self.to_torch, data)))
+
+    def sample_real_transitions(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` real transitions drawn uniformly (with replacement): ``obs``, ``next_obs`` and ``action`` (buffer
+        units: SAC's scaled to [-1, 1]). Needs ``optimize_memory_usage=False`` (next observations kept apart)."""
+        upper = self.buffer_size if self.full else self.pos
+        if upper == 0:
+            raise ValueError("the replay buffer holds no real transition yet")
+        t = rng.integers(0, upper, size=n)
+        e = rng.integers(0, self.n_envs, size=n)
+        return {
+            "obs": np.array(self.observations[t, e], dtype=np.float32),
+            "next_obs": np.array(self.next_observations[t, e], dtype=np.float32),
+            "action": np.array(self.actions[t, e]),
+        }
 
     def sample_real_obs(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """``n`` real observations drawn uniformly (with replacement): start states of imagined rollouts."""
@@ -370,6 +394,7 @@ class DynaAgent(LearnerViews):
         buffer: real transitions for the world model (windows with local graphs).
         episode_returns: returns of finished training episodes, in order.
         imagined: imagined transitions generated so far.
+        counterfactual: CoDA transitions added so far (``coda_batch``).
     """
 
     def __init__(
@@ -407,6 +432,7 @@ class DynaAgent(LearnerViews):
         self._rng = np.random.default_rng([self.seed, 1])  # imagination start states and DQN's imagined epsilon
         self._since_fit = 0
         self.imagined = 0
+        self.counterfactual = 0
         self.episode_returns: list[float] = []
 
     def _sb3_overrides(self) -> dict[str, Any]:
@@ -477,6 +503,7 @@ class DynaAgent(LearnerViews):
         if self.num_timesteps >= cfg.seed_steps and due and self.buffer.window_starts().shape[0] > 0:
             self.fit_world_model(cfg.updates if self.model_ready else cfg.first_updates)
             self.imagine()
+            self.augment()
         return not (callback is not None and callback(self) is False)
 
     def fit_world_model(self, updates: int) -> dict[str, float]:
@@ -507,6 +534,33 @@ class DynaAgent(LearnerViews):
             self._emit("dyna/imagined_reward_mean", float(data["reward"].mean()))
             self._emit("dyna/imagined_termination_rate", float(data["terminated"].mean()))
         self._emit("dyna/imagine_seconds", time.perf_counter() - start)
+        return n
+
+    def augment(self) -> int:
+        """CoDA: mix ``coda_batch`` pairs of real transitions into counterfactual ones (:mod:`.coda`) and add the
+        accepted ones to the model buffer; returns how many were added (0 when ``coda_batch`` is 0)."""
+        replay, n_pairs = self.replay_buffer, self.config.coda_batch
+        if n_pairs == 0 or not self.model_ready or replay.real_size() == 0:
+            return 0
+        real = replay.sample_real_transitions(n_pairs, self._rng)
+        if self.layout.discrete:
+            env_actions = real["action"].reshape(-1).astype(np.int64)
+        else:  # the world model sees env units; SB3 stores SAC's actions scaled to [-1, 1]
+            env_actions = self.sb3.model.policy.unscale_action(real["action"]).astype(np.float32)
+        model, norm = self.learner.model, self.learner.norm
+        data, stats = coda_transitions(
+            model, norm, self.layout.slot_dims, real["obs"], env_actions, real["next_obs"], self._rng
+        )
+        if self.layout.discrete:
+            buffer_actions = data["action"].reshape(-1, 1)
+        else:
+            buffer_actions = self.sb3.model.policy.scale_action(data["action"])
+        replay.add_model(data["obs"], data["next_obs"], buffer_actions, data["reward"], data["terminated"])
+        n = len(data["obs"])
+        self.counterfactual += n
+        self._emit("dyna/coda_transitions", float(n))
+        self._emit("dyna/coda_splittable_share", stats["splittable"] / max(1, stats["pairs"]))
+        self._emit("dyna/coda_accepted_share", stats["accepted"] / max(1, stats["pairs"]))
         return n
 
     def _imagined_actions(self, obs: np.ndarray) -> np.ndarray:

@@ -17,11 +17,23 @@ and weights are not counted.
 
 Targets (issue 5): the SSM at least as fast at length 64 and at least 3x faster at 1024 (linear vs quadratic cost in
 time), with memory growing about linearly in the length.
+
+The two models differ only in their temporal mixer (a Mamba-2 block vs a causal self-attention layer with its
+feed-forward network); slot embedding, cross-slot attention, MLP and heads are the same. So each length also times
+the mixers alone (forward and backward on the ``(batch x slots, length, d_model)`` input they see inside the model,
+alternating as above) and reports two derived figures:
+
+* ``mixer_ssm_over_transformer``: the same ratio for the mixers alone (linear vs quadratic in time, without the
+  shared parts);
+* ``ceiling``: the whole-model ratio the SSM would reach if its mixer cost nothing,
+  ``T_transformer / (T_ssm - T_ssm_mixer)``: where that is below a target, no SSM can meet it at these sizes,
+  because the shared parts already take longer than the Transformer's whole step divided by the target.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -64,6 +76,19 @@ def train_step(model: torch.nn.Module, obs: torch.Tensor, action: torch.Tensor) 
     loss = pred.delta.square().mean() + pred.reward.square().mean() + pred.termination_logit.square().mean()
     (loss + pred.penalty).backward()
     model.zero_grad(set_to_none=True)
+
+
+def mixer_step(mixer: torch.nn.Module, x: torch.Tensor) -> None:
+    """Forward + backward of one temporal mixer alone (gradients discarded, as in :func:`train_step`)."""
+    mixer(x).square().mean().backward()
+    mixer.zero_grad(set_to_none=True)
+
+
+def mixer_input(model: torch.nn.Module, batch: int, length: int) -> torch.Tensor:
+    """What the mixer sees inside the model: ``(batch * n_slots, length, d_model)``."""
+    g = torch.Generator().manual_seed(length + 1)
+    d_model = model.blocks[0].norm_t.normalized_shape[0]
+    return torch.randn(batch * model.n_slots, length, d_model, generator=g)
 
 
 def batch_of(model: torch.nn.Module, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,22 +147,31 @@ def main(argv: list[str] | None = None) -> int:
     params = {kind: sum(p.numel() for p in m.parameters()) for kind, m in models.items()}
     results = []
     for length in args.lengths:
-        data = {kind: batch_of(m, args.batch, length) for kind, m in models.items()}
+        steps = {}
         for kind, m in models.items():
-            train_step(m, *data[kind])  # warm-up
-        times: dict[str, list[float]] = {kind: [] for kind in MODELS}
+            steps[kind] = functools.partial(train_step, m, *batch_of(m, args.batch, length))
+            mixer = m.blocks[0].mixer
+            steps[f"{kind}_mixer"] = functools.partial(mixer_step, mixer, mixer_input(m, args.batch, length))
+        for step in steps.values():
+            step()  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in steps}
         for _ in range(args.repeats):
-            for kind, m in models.items():
+            for name, step in steps.items():
                 start = time.perf_counter()
-                train_step(m, *data[kind])
-                times[kind].append(time.perf_counter() - start)
+                step()
+                times[name].append(time.perf_counter() - start)
+        median = {name: statistics.median(t) for name, t in times.items()}
         row: dict = {"length": length, "batch": args.batch}
         for kind in MODELS:
-            row[f"{kind}_transitions_per_s"] = args.batch * length / statistics.median(times[kind])
+            row[f"{kind}_transitions_per_s"] = args.batch * length / median[kind]
+            row[f"{kind}_mixer_ms"] = 1e3 * median[f"{kind}_mixer"]
             if not args.quick:
                 peak = peak_memory_mb(kind, args.batch, length, args.threads)
                 row[f"{kind}_peak_mb"] = None if peak is None else round(peak, 1)
         row["ssm_over_transformer"] = row["slot-ssm_transitions_per_s"] / row["slot-transformer_transitions_per_s"]
+        row["mixer_ssm_over_transformer"] = median["slot-transformer_mixer"] / median["slot-ssm_mixer"]
+        shared = median["slot-ssm"] - median["slot-ssm_mixer"]  # noise can make it tiny or negative: no figure
+        row["ceiling"] = median["slot-transformer"] / shared if shared > 0.05 * median["slot-ssm"] else None
         results.append(row)
         if not args.json:
             mem = (
@@ -148,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"length {length:>5}: slot-ssm {row['slot-ssm_transitions_per_s']:>9,.0f} transitions/s, "
                 f"slot-transformer {row['slot-transformer_transitions_per_s']:>9,.0f}, "
-                f"ratio {row['ssm_over_transformer']:.2f}{mem}",
+                f"ratio {row['ssm_over_transformer']:.2f} (mixers alone {row['mixer_ssm_over_transformer']:.2f}, "
+                f"ceiling {row['ceiling'] or float('nan'):.2f}){mem}",
                 flush=True,
             )
     machine = {**machine_info(), "torch": torch.__version__, "threads": args.threads}

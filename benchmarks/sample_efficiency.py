@@ -1,0 +1,251 @@
+"""Sample efficiency: model-based agents vs the model-free baseline on the same env, 3 seeds, and the OOD twin.
+
+Usage::
+
+    python benchmarks/sample_efficiency.py [--envs pong pusher] [--seeds 0 1 2] [--jobs 2] [--quick]
+                                           [--runs-dir DIR] [--json] [--out docs/sample_efficiency.json]
+
+Issue 4's claim, measured as it is stated: the model-based agent (``causal-mpc``) should reach the return that the
+model-free baseline (PPO on Interventional Pong, SAC on Pusher2D) reaches at its full budget with at least 5x fewer
+env steps, and the causal (slot, sparse-attention) model should beat the dense one (``mlp-mpc``) on the env's OOD
+twin. Every run is ``cwm-rl train``'s Python API (:func:`cwm_rl.agents.training.train`) at the shipped defaults
+(``agents/configs``), evaluated with the fixed protocol (deterministic episodes on fixed-seed eval envs), the
+world-model probe off. Afterwards each saved agent is scored on the ``-OOD-v0`` twin with the same protocol
+(:func:`cwm_rl.agents.compare.evaluate_run`).
+
+Reported per env:
+
+* **target**: the baseline's final evaluation return at its full budget, mean over seeds;
+* per agent and seed: final and best return, the first evaluation at or above the target ("steps to target"), the
+  OOD return, the wall time;
+* per agent: the mean-over-seeds curve's first evaluation at or above the target, and the **speed-up**: baseline
+  budget / that step count (the claim needs >= 5); "not reached" when the mean curve never gets there;
+* ``curves.png`` and ``comparison.md`` of all runs (:func:`cwm_rl.agents.compare.compare_runs`) in
+  ``--runs-dir/<env>/``, so the learning curves go into docs/results.md.
+
+Runs are independent processes (``--jobs`` at a time, one torch thread each), so wall times are only comparable
+between runs of one invocation. ``--quick`` is a smoke test (tiny budgets, one seed), not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, write_json  # noqa: E402
+
+# (env key) -> env id, the baseline and its budget, the model-based agents and their budget, evaluation episodes
+SETUPS: dict[str, dict[str, Any]] = {
+    "pong": {
+        "env_id": "cwm/InterventionalPong-v0",
+        "baseline": ("ppo", 100_000),
+        "model_based": (("causal-mpc", "mlp-mpc"), 6_000),
+        "episodes": 5,
+    },
+    "pusher": {
+        "env_id": "cwm/Pusher2D-v0",
+        "baseline": ("sac", 30_000),
+        "model_based": (("causal-mpc", "mlp-mpc"), 6_000),
+        "episodes": 5,
+    },
+}
+QUICK = {"baseline": 2_000, "model_based": 600, "seeds": [0], "episodes": 2}
+MODEL_BASED_EVALS = 6  # evaluations per model-based run: each one plans every step of every episode
+BASELINE_EVALS = 10
+SPEEDUP_CLAIM = 5.0
+
+
+def ood_id(env_id: str) -> str:
+    return env_id.replace("-v0", "-OOD-v0")
+
+
+def run_one(task: dict[str, Any]) -> dict[str, Any]:
+    """Train one (env, agent, seed), then score it on the OOD twin; runs in a worker process."""
+    import torch
+
+    torch.set_num_threads(1)
+    from cwm_rl.agents.compare import evaluate_run
+    from cwm_rl.agents.training import resolve_config, train
+
+    run = Path(task["run_dir"])
+    overrides = {
+        "env_id": task["env_id"],
+        "agent": task["agent"],
+        "steps": task["steps"],
+        "seed": task["seed"],
+        "eval_every": max(1, task["steps"] // task["evals"]),
+        "eval_episodes": task["episodes"],
+        "wm_probe_transitions": 0,
+    }
+    start = time.perf_counter()
+    if (run / "metrics.json").is_file():  # a finished run of an earlier invocation: reuse it
+        metrics = json.loads((run / "metrics.json").read_text())
+    else:
+        metrics = train(resolve_config(overrides), run, progress=False)
+    train_s = time.perf_counter() - start
+    ood = evaluate_run(run, episodes=task["episodes"], env_id=ood_id(task["env_id"]))
+    return {
+        "env_id": task["env_id"],
+        "agent": task["agent"],
+        "seed": task["seed"],
+        "budget": task["steps"],
+        "run_dir": str(run),
+        "final_eval_return": metrics["final_eval_return"],
+        "best_eval_return": metrics["best_eval_return"],
+        "curve": [(p["env_steps"], p["mean_return"]) for p in metrics["curve"]],
+        "ood_mean_return": ood["mean_return"],
+        "ood_returns": ood["returns"],
+        "wall_s": train_s,
+    }
+
+
+def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """Mean over seeds at the evaluation steps all seeds share (the same schedule for one agent and budget)."""
+    steps = sorted(set.intersection(*({s for s, _ in r["curve"]} for r in runs)))
+    return [(s, float(np.mean([dict(r["curve"])[s] for r in runs]))) for s in steps]
+
+
+def first_at_or_above(curve: list[tuple[int, float]], target: float) -> int | None:
+    return next((s for s, v in curve if v >= target), None)
+
+
+def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    setup = SETUPS[env_key]
+    baseline, budget = setup["baseline"][0], max(r["budget"] for r in runs if r["agent"] == setup["baseline"][0])
+    by_agent: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_agent.setdefault(r["agent"], []).append(r)
+    target = float(np.mean([r["final_eval_return"] for r in by_agent[baseline]]))
+    agents = {}
+    for agent, rs in by_agent.items():
+        curve = mean_curve(rs)
+        reached = first_at_or_above(curve, target)
+        finals = [r["final_eval_return"] for r in rs]
+        oods = [r["ood_mean_return"] for r in rs]
+        agents[agent] = {
+            "seeds": [r["seed"] for r in rs],
+            "budget": rs[0]["budget"],
+            "final_mean": float(np.mean(finals)),
+            "final_std": float(np.std(finals)),
+            "best_mean": float(np.mean([r["best_eval_return"] for r in rs])),
+            "ood_mean": float(np.mean(oods)),
+            "ood_std": float(np.std(oods)),
+            "steps_to_target_per_seed": [first_at_or_above(r["curve"], target) for r in rs],
+            "mean_curve": curve,
+            "mean_curve_steps_to_target": reached,
+            "speedup": (budget / reached) if reached else None,
+            "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])),
+        }
+    claim = agents.get("causal-mpc", {}).get("speedup")
+    return {
+        "env_id": setup["env_id"],
+        "baseline": baseline,
+        "baseline_budget": budget,
+        "target": target,
+        "agents": agents,
+        "claim_speedup_met": bool(claim is not None and claim >= SPEEDUP_CLAIM),
+        "causal_beats_dense_ood": (
+            agents["causal-mpc"]["ood_mean"] > agents["mlp-mpc"]["ood_mean"]
+            if {"causal-mpc", "mlp-mpc"} <= agents.keys()
+            else None
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--envs", nargs="+", choices=sorted(SETUPS), default=sorted(SETUPS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--runs-dir", default="runs/sample_efficiency", help="where the runs and curves are kept")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny budgets, seed 0, 2 episodes")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    seeds = QUICK["seeds"] if args.quick else args.seeds
+    root = Path(args.runs_dir) / ("quick" if args.quick else "full")
+    tasks = []
+    for env_key in args.envs:
+        setup = SETUPS[env_key]
+        groups = [((setup["baseline"][0],), setup["baseline"][1], BASELINE_EVALS, "baseline")]
+        groups.append((setup["model_based"][0], setup["model_based"][1], MODEL_BASED_EVALS, "model_based"))
+        for agents, steps, evals, role in groups:
+            for agent in agents:
+                for seed in seeds:
+                    tasks.append(
+                        {
+                            "env_key": env_key,
+                            "env_id": setup["env_id"],
+                            "agent": agent,
+                            "seed": seed,
+                            "steps": QUICK[role] if args.quick else steps,
+                            "evals": evals,
+                            "episodes": QUICK["episodes"] if args.quick else setup["episodes"],
+                            "run_dir": str(root / env_key / f"{agent}-{seed}"),
+                        }
+                    )
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(max(1, args.jobs)) as pool:
+        results = []
+        for r in pool.imap_unordered(run_one, tasks):
+            results.append(r)
+            if not args.json:
+                print(
+                    f"{r['env_id']} {r['agent']:<11} seed {r['seed']}: {r['budget']:>7,} steps in {r['wall_s']:.0f} s,"
+                    f" final {r['final_eval_return']:.2f} (best {r['best_eval_return']:.2f}), OOD "
+                    f"{r['ood_mean_return']:.2f}",
+                    flush=True,
+                )
+    from cwm_rl.agents.compare import compare_runs
+
+    summaries = {}
+    for env_key in args.envs:
+        env_runs = sorted((r for r in results if r["env_id"] == SETUPS[env_key]["env_id"]), key=lambda r: r["seed"])
+        summaries[env_key] = summary = summarise(env_key, env_runs)
+        baseline_dirs = [r["run_dir"] for r in env_runs if r["agent"] == summary["baseline"]]
+        compare_runs(
+            baseline_dirs + [r["run_dir"] for r in env_runs if r["agent"] != summary["baseline"]],
+            root / env_key,
+            threshold=summary["target"],
+        )
+        if not args.json:
+            print(f"\n{summary['env_id']}: target {summary['target']:.2f} ({summary['baseline']} final, mean)")
+            for agent, a in summary["agents"].items():
+                speed = f"{a['speedup']:.1f}x" if a["speedup"] else "not reached"
+                print(
+                    f"  {agent:<11} {a['budget']:>7,} steps: final {a['final_mean']:.2f} ± {a['final_std']:.2f}, "
+                    f"OOD {a['ood_mean']:.2f} ± {a['ood_std']:.2f}, mean curve reaches target at "
+                    f"{a['mean_curve_steps_to_target']} ({speed})"
+                )
+    import torch
+
+    machine = {**machine_info(), "torch": torch.__version__, "jobs": args.jobs, "threads_per_job": 1}
+    machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
+    payload = {
+        "benchmark": "sample_efficiency",
+        "quick": args.quick,
+        "machine": machine,
+        "wall_s": time.perf_counter() - start,
+        "claim_speedup": SPEEDUP_CLAIM,
+        "summaries": summaries,
+        "runs": sorted(results, key=lambda r: (r["env_id"], r["agent"], r["seed"])),
+    }
+    if args.json:
+        print(json.dumps(payload, indent=2))
+    write_json(args.out, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
