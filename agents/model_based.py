@@ -27,6 +27,7 @@ from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides, env_table_key, from_dict, load_env_table, to_dict
 from cwm_rl.data import make_vector_env
 from cwm_rl.errors import InvalidArgumentError
+from cwm_rl.models.attention import edge_mode
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.planning import PlannerConfig, make_planner, validate_config
 from cwm_rl.planning.imagination import Imagination
@@ -58,6 +59,10 @@ class MPCConfig:
         value: also learn a state value by TD(0) on the real transitions (:mod:`cwm_rl.agents.value`, fitted with
             the world model, as many updates) and add ``discount**H * V(s_H)`` to each imagined return, so the
             planner sees past its horizon (TD-MPC style). Off by default until it is measured to help.
+        imagination_mask: gate interactions in imagination with the model's learned local graph (edges at or below
+            the threshold carry nothing; :func:`cwm_rl.models.attention.edge_mode` ``"learned"``); false lets every
+            edge carry information in proportion to its score (``"soft"``). For the default hard-gated slot model
+            true is how it was trained to run; models without a graph ignore it.
     """
 
     model: str = "slot-ssm"
@@ -78,6 +83,7 @@ class MPCConfig:
     mlp_hidden: int = 256
     mlp_layers: int = 3
     value: bool = False
+    imagination_mask: bool = True
 
 
 def check_mpc_config(cfg: MPCConfig) -> None:
@@ -164,7 +170,8 @@ class MPCAgent(LearnerViews):
         value = self.value
         terminal = (lambda x: value(x, self.norm)) if value is not None and value.updates else None
         imagination = Imagination(self.model, self.norm, self.config.discount, terminal_value=terminal)
-        return planner.plan(lambda actions: imagination.returns(obs, actions))
+        with edge_mode(self.model, "learned" if self.config.imagination_mask else "soft"):
+            return planner.plan(lambda actions: imagination.returns(obs, actions))
 
     def _planner(self, batch: int) -> Any:
         """The planner for outside callers (evaluation) with ``batch`` envs; training has its own, so evaluation

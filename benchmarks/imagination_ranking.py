@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/imagination_ranking.py RUN_DIR [RUN_DIR ...] [--states 60] [--horizon 20] [--seed 3]
-                                             [--json OUT]
+                                             [--edge-modes native learned soft] [--json OUT]
 
 ``RUN_DIR`` is a ``cwm-rl train`` run of a model-based agent (``causal-mpc``, ``causal-dyna``, ...) or a
 ``cwm-rl wm-train`` run. For ``--states`` real states of the run's env, reached by random play, each constant
@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json  # noqa: E402
 
 import cwm_rl  # noqa: E402,F401  (registers the envs)
+from cwm_rl.models.attention import EDGE_MODES, edge_mode  # noqa: E402
 from cwm_rl.planning.imagination import Imagination  # noqa: E402
 
 
@@ -81,7 +82,8 @@ def sample_states(env: gym.Env, env_id: str, n: int, seed: int) -> list[tuple[np
     raise SystemExit(f"found only {len(states)} states of the wanted kind in {env_id}")
 
 
-def rank(run_dir: str, n_states: int, horizon: int, seed: int) -> dict[str, Any]:
+def rank(run_dir: str, n_states: int, horizon: int, seed: int, modes: tuple[str, ...] = ("native",)) -> list[dict]:
+    """One row per edge mode (:func:`cwm_rl.models.attention.edge_mode`) of the run's model, on the same states."""
     env_id, model, norm, env_kwargs = load_model(run_dir)
     env = gym.make(env_id, **env_kwargs).unwrapped
     actions = candidate_actions(env.action_space)
@@ -98,17 +100,26 @@ def rank(run_dir: str, n_states: int, horizon: int, seed: int) -> dict[str, Any]
     obs = np.stack([o for o, _ in states]).astype(np.float32)
     seqs = torch.as_tensor(np.stack([np.stack([a] * horizon) for a in actions]))  # (k, horizon[, dim])
     seqs = seqs.unsqueeze(0).expand(n_states, *seqs.shape)  # (batch, population=k, horizon[, dim])
-    with torch.no_grad():
-        imagined = Imagination(model, norm, 1.0).returns(obs, seqs).numpy()
     best_real = real == real.max(1, keepdims=True)
     matters = real.max(1) > real.min(1)
+    rows = []
+    for mode in modes:
+        with torch.no_grad(), edge_mode(model, mode):
+            imagined = Imagination(model, norm, 1.0).returns(obs, seqs).numpy()
+        rows.append(_row(run_dir, env_id, mode, horizon, len(actions), real, imagined, best_real, matters))
+    return rows
+
+
+def _row(run_dir, env_id, mode, horizon, n_actions, real, imagined, best_real, matters) -> dict[str, Any]:
+    n_states = len(real)
     hit = best_real[np.arange(n_states), imagined.argmax(1)]
     return {
         "run": str(run_dir),
+        "edge_mode": mode,
         "env_id": env_id,
         "states": n_states,
         "horizon": horizon,
-        "actions": len(actions),
+        "actions": n_actions,
         "real_mean_return": real.mean(0).round(3).tolist(),
         "imagined_mean_return": imagined.mean(0).round(3).tolist(),
         "correlation": float(np.corrcoef(real.ravel(), imagined.ravel())[0, 1]),
@@ -124,16 +135,23 @@ def main() -> None:
     parser.add_argument("--states", type=int, default=60)
     parser.add_argument("--horizon", type=int, default=20)
     parser.add_argument("--seed", type=int, default=3)
+    parser.add_argument(
+        "--edge-modes",
+        nargs="+",
+        choices=EDGE_MODES,
+        default=["native"],
+        help="imagine with each of these edge modes (learned: the thresholded learned graph gates; soft: no cut)",
+    )
     parser.add_argument("--json", metavar="OUT", help="also write the rows (and the machine) to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [rank(r, args.states, args.horizon, args.seed) for r in args.runs]
-    print("| run | env | corr. imagined vs real | best-action agreement (chance) | action matters |")
-    print("|---|---|---:|---:|---:|")
+    rows = [row for r in args.runs for row in rank(r, args.states, args.horizon, args.seed, tuple(args.edge_modes))]
+    print("| run | env | edge mode | corr. imagined vs real | best-action agreement (chance) | action matters |")
+    print("|---|---|---|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['run']} | {r['env_id']} | {r['correlation']:.2f} | {r['best_action_agreement']:.2f} "
-            f"({r['chance']:.2f}) | {r['action_matters']:.2f} |"
+            f"| {r['run']} | {r['env_id']} | {r['edge_mode']} | {r['correlation']:.2f} | "
+            f"{r['best_action_agreement']:.2f} ({r['chance']:.2f}) | {r['action_matters']:.2f} |"
         )
     if args.json:
         write_json(args.json, {"machine": machine_info(), "rows": rows})

@@ -25,17 +25,29 @@ which action was taken. Slot parents are not resampled: there "closed" legitimat
 not in the range where it matters" (a ball far from the goal does not change the score).
 
 A ground-truth mask (the env's ``info["local_graph"]``) can gate any kind: that is the oracle model's upper bound.
+
+Outside training, :attr:`SlotCrossAttention.edge_mode` says how the learned graph gates the messages (the model's
+imagination; :func:`edge_mode` sets it on a whole model for a block of code):
+
+* ``"native"`` (default): each kind as it was trained to run: ``"hard"`` thresholded 0/1 gates, ``"sigmoid"`` soft
+  gates, ``"softmax"`` plain attention;
+* ``"learned"``: the thresholded learned graph gates every kind: an edge at or below the threshold carries nothing
+  (``"softmax"``: those weights are dropped and the rest renormalised; ``"sigmoid"``: 0/1 gates);
+* ``"soft"``: no thresholding: ``"hard"`` gates are replaced by their probabilities, the others run natively.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 KINDS = ("softmax", "sigmoid", "hard")
+EDGE_MODES = ("native", "learned", "soft")
 
 
 class AttentionOutput(NamedTuple):
@@ -85,6 +97,7 @@ class SlotCrossAttention(nn.Module):
         self.temperature = temperature
         self.threshold = threshold
         self.resample_closed_action = resample_closed_action and kind == "hard"
+        self.edge_mode = "native"  # outside training: see the module docstring
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -119,6 +132,7 @@ class SlotCrossAttention(nn.Module):
         v = self.v_proj(parents).view(*lead, m, self.n_heads, self.d_head).transpose(-3, -2)
         logits = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)  # (..., H, n, m)
 
+        mode = "native" if self.training else getattr(self, "edge_mode", "native")  # (pickled before it existed)
         if self.kind == "softmax":
             if mask is not None:
                 logits = logits.masked_fill(~mask.unsqueeze(-3), float("-inf"))
@@ -126,6 +140,9 @@ class SlotCrossAttention(nn.Module):
             scores = weights.mean(dim=-3)
             entropy = -(weights * torch.log(weights.clamp_min(1e-12))).sum(-1)
             penalty = entropy.mean() / math.log(m)  # in [0, 1]
+            if mode == "learned":  # keep the edges of the thresholded graph, renormalised
+                weights = weights * (scores > self.default_threshold(m)).unsqueeze(-3).to(weights.dtype)
+                weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
             messages = weights @ v
         else:
             edge_logits = (self.edge_q(slots) @ self.edge_k(parents).transpose(-1, -2)) / math.sqrt(
@@ -133,7 +150,9 @@ class SlotCrossAttention(nn.Module):
             ) + self.edge_bias
             probs = torch.sigmoid(edge_logits)
             if self.kind == "hard":
-                gates = self._hard_gates(edge_logits, probs)
+                gates = probs if mode == "soft" else self._hard_gates(edge_logits, probs)
+            elif mode == "learned":
+                gates = (probs > self.default_threshold(m)).to(probs.dtype)
             else:
                 gates = probs
             if mask is not None:
@@ -203,6 +222,23 @@ class SlotCrossAttention(nn.Module):
         return hard + noisy - noisy.detach()
 
 
+@contextlib.contextmanager
+def edge_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Run a block with every :class:`SlotCrossAttention` of ``model`` in ``mode`` (one of :data:`EDGE_MODES`;
+    it acts outside training only), then restore each one's previous mode. Models without one are unaffected."""
+    if mode not in EDGE_MODES:
+        raise ValueError(f"edge mode {mode!r} is not one of {EDGE_MODES}")
+    layers = [m for m in model.modules() if isinstance(m, SlotCrossAttention)]
+    before = [layer.edge_mode for layer in layers]
+    for layer in layers:
+        layer.edge_mode = mode
+    try:
+        yield
+    finally:
+        for layer, previous in zip(layers, before, strict=True):
+            layer.edge_mode = previous
+
+
 def graph_rollout(per_layer: list[torch.Tensor]) -> torch.Tensor:
     """Compose per-layer edge scores ``(..., n, n + 1)`` into an end-to-end graph (attention rollout).
 
@@ -228,4 +264,12 @@ def sparsity_penalty(penalties: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(penalties).mean() if penalties else torch.zeros(())
 
 
-__all__ = ["KINDS", "AttentionOutput", "SlotCrossAttention", "graph_rollout", "sparsity_penalty"]
+__all__ = [
+    "EDGE_MODES",
+    "KINDS",
+    "AttentionOutput",
+    "SlotCrossAttention",
+    "edge_mode",
+    "graph_rollout",
+    "sparsity_penalty",
+]

@@ -141,6 +141,27 @@ def test_agent_learns_a_model_and_plans_valid_actions(trained_agent):
     assert flags.shape == (len(agent.buffer), 4) and 0 < flags.any(axis=1).mean() < 0.5
 
 
+def test_imagination_runs_with_the_configured_edge_mode(trained_agent):
+    from cwm_rl.models.attention import SlotCrossAttention
+
+    agent = trained_agent
+    layers = [m for m in agent.model.modules() if isinstance(m, SlotCrossAttention)]
+    seen: list[str] = []
+    hooks = [layer.register_forward_pre_hook(lambda mod, args: seen.append(mod.edge_mode)) for layer in layers]
+    try:
+        obs = np.asarray(agent._obs)
+        for flag, mode in ((True, "learned"), (False, "soft")):
+            seen.clear()
+            agent.config.imagination_mask = flag
+            agent.predict(obs)
+            assert seen and set(seen) == {mode}
+    finally:
+        agent.config.imagination_mask = True
+        for hook in hooks:
+            hook.remove()
+    assert {layer.edge_mode for layer in layers} == {"native"}  # outside planning the model runs natively
+
+
 def test_judging_the_world_model_leaves_torch_global_random_stream_alone(trained_agent):
     before = torch.get_rng_state()
     metrics = trained_agent.world_model_metrics(200)

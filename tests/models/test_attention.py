@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cwm_rl.models.attention import KINDS, SlotCrossAttention, graph_rollout
+from cwm_rl.models.attention import EDGE_MODES, KINDS, SlotCrossAttention, edge_mode, graph_rollout
 
 B, N, D = 3, 4, 16
 
@@ -87,6 +87,64 @@ def test_hard_gates_are_binary_and_cut_information_in_eval(resample):
     a = attn(slots, action)
     b = attn(slots * 2.0, action)
     assert not torch.allclose(a.out, b.out)
+
+
+def _split_graph(kind: str) -> tuple[SlotCrossAttention, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """An attention layer whose graph keeps some edges and drops others, its inputs and the graph."""
+    torch.manual_seed(1)
+    attn = SlotCrossAttention(D, kind=kind, resample_closed_action=False).eval()
+    if kind != "softmax":
+        torch.nn.init.constant_(attn.edge_bias, 0.0)  # gates near 0.5: some open, some shut
+    slots, action = _inputs(2)
+    scores = attn(slots, action).scores
+    graph = scores > attn.default_threshold(N + 1)
+    assert graph.any() and not graph.all()
+    return attn, slots, action, graph
+
+
+def test_learned_edge_mode_gates_with_the_thresholded_graph():
+    # softmax: exactly the oracle path given the model's own thresholded graph as the mask
+    attn, slots, action, graph = _split_graph("softmax")
+    with edge_mode(attn, "learned"):
+        torch.testing.assert_close(attn(slots, action).out, attn(slots, action, graph).out)
+    # sigmoid: the soft gates replaced by the 0/1 graph. Scaling every edge logit by a large factor keeps its sign
+    # (the same graph) and saturates the native soft gates to 0/1, which must give the same messages.
+    attn, slots, action, graph = _split_graph("sigmoid")
+    with edge_mode(attn, "learned"):
+        learned = attn(slots, action).out
+    with torch.no_grad():
+        for layer in (attn.edge_q,):
+            layer.weight.mul_(1e4)
+            layer.bias.mul_(1e4)
+        attn.edge_bias.mul_(1e4)
+    saturated = attn(slots, action)
+    assert torch.equal(saturated.scores > 0.5, graph)
+    torch.testing.assert_close(saturated.out, learned, atol=1e-5, rtol=1e-4)
+    assert attn.edge_mode == "native"  # the context restored it
+
+
+def test_edge_modes_differ_where_they_should_and_leave_training_alone():
+    for kind in KINDS:
+        attn, slots, action, _ = _split_graph(kind)
+        outs = {}
+        for mode in EDGE_MODES:
+            with edge_mode(attn, mode):
+                outs[mode] = attn(slots, action).out
+        if kind == "hard":  # thresholded gates are what hard attention runs with
+            torch.testing.assert_close(outs["learned"], outs["native"])
+            assert not torch.allclose(outs["soft"], outs["native"])
+        else:  # soft is the native way of soft gates and of softmax attention
+            torch.testing.assert_close(outs["soft"], outs["native"])
+            assert not torch.allclose(outs["learned"], outs["native"])
+        attn.train()
+        torch.manual_seed(0)
+        native = attn(slots, action).out
+        with edge_mode(attn, "learned"):
+            torch.manual_seed(0)
+            torch.testing.assert_close(attn(slots, action).out, native)
+    with pytest.raises(ValueError, match="edge mode 'dense' is not one of"):
+        with edge_mode(attn, "dense"):
+            pass
 
 
 def test_closed_action_edge_reads_another_samples_action():
