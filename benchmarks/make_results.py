@@ -7,6 +7,7 @@ Usage::
     python benchmarks/memory_bound.py --out docs/memory_bound.json      # (and the other benchmarks/*.py --out)
     python benchmarks/intervention_masking.py --seeds 0 1 2 --out docs/intervention_masking.json
     python benchmarks/oracle_planning.py --out docs/oracle_planning.json
+    python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~1 h on 2 cores
     python benchmarks/make_results.py            # writes docs/results.md
 """
 
@@ -129,16 +130,24 @@ def _wm_throughput_section(bench: dict) -> list[str]:
         f"{m['torch']}, {m['threads']} thread(s); load average {m['load_before']:.1f} before, {m['load_after']:.1f} "
         "after. Peak memory: growth of the resident set over three steps, each in a fresh process.",
         "",
+        "*Mixers alone*: the same ratio for the temporal mixers only (Mamba-2 block vs causal self-attention layer "
+        "with its feed-forward network, forward + backward on the input they see in the model); *ceiling*: the "
+        "whole-model ratio if the SSM's mixer cost nothing (Transformer step time / the SSM step's time outside its "
+        "mixer), the most any temporal mixer could reach with these shared parts.",
+        "",
         "| sequence length | slot SSM (transitions/s) | slot Transformer (transitions/s) | SSM / Transformer "
-        "| peak memory SSM / Transformer (MB) |",
-        "|---:|---:|---:|---:|---|",
+        "| mixers alone | ceiling | peak memory SSM / Transformer (MB) |",
+        "|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in bench["results"]:
         ssm, tf = r.get("slot-ssm_peak_mb"), r.get("slot-transformer_peak_mb")
         memory = f"{ssm:,.0f} / {tf:,.0f}" if ssm is not None and tf is not None else "not measured"
+        mixers = f"{r['mixer_ssm_over_transformer']:.2f}" if "mixer_ssm_over_transformer" in r else "n/a"
+        ceiling = f"{r['ceiling']:.2f}" if r.get("ceiling") is not None else "n/a"
         lines.append(
             f"| {r['length']:,} | {r['slot-ssm_transitions_per_s']:,.0f} "
-            f"| {r['slot-transformer_transitions_per_s']:,.0f} | {r['ssm_over_transformer']:.2f} | {memory} |"
+            f"| {r['slot-transformer_transitions_per_s']:,.0f} | {r['ssm_over_transformer']:.2f} | {mixers} "
+            f"| {ceiling} | {memory} |"
         )
     by_len = {r["length"]: r["ssm_over_transformer"] for r in bench["results"]}
     if 64 in by_len and 1024 in by_len:
@@ -200,6 +209,49 @@ def _end_to_end_section(bench: dict) -> list[str]:
             f"| {r['best_eval_return']:.2f} | {r['wall_time_s']:.0f} |"
         )
     return [*lines, ""]
+
+
+def _sample_efficiency_section(bench: dict) -> list[str]:
+    m = bench["machine"]
+    lines = [
+        "## Sample efficiency: model-based agents vs the model-free baseline, and the OOD twin",
+        "",
+        "`benchmarks/sample_efficiency.py`: every agent trained with `cwm-rl train`'s API at its shipped defaults "
+        "(`agents/configs`), seeds "
+        + ", ".join(str(s) for s in sorted({r["seed"] for r in bench["runs"]}))
+        + ", evaluated with the fixed protocol (deterministic episodes on fixed-seed eval envs), then scored on the "
+        "env's `-OOD-v0` twin. *Target*: the baseline's final return at its full budget (mean over seeds). "
+        "*Speed-up*: baseline budget / the env steps at which the agent's mean-over-seeds curve first reaches the "
+        f"target; issue 4 asks for at least {bench['claim_speedup']:.0f}x. Runs {m['jobs']} at a time, one torch "
+        f"thread each, on {_machine(m)}, torch {m['torch']}; {bench['wall_s'] / 60:.0f} min in all.",
+        "",
+    ]
+    for key, summary in bench["summaries"].items():
+        lines += [
+            f"**`{summary['env_id']}`**: target {summary['target']:.2f} ({summary['baseline']} at "
+            f"{summary['baseline_budget']:,} steps; above random play: "
+            f"{'yes' if summary.get('target_above_random', True) else 'no'}). Speed-up claim: "
+            f"**{'met' if summary['claim_speedup_met'] else 'not met'}**; causal model beats the dense one on the OOD "
+            f"twin: **{'yes' if summary['causal_beats_dense_ood'] else 'no'}**.",
+            "",
+            "| agent | budget (env steps) | final return | best return | steps to target (per seed) "
+            "| mean curve reaches target | speed-up | OOD return | wall time per run (s) |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        ]
+        for agent, a in summary["agents"].items():
+            per_seed = ", ".join("never" if s is None else f"{s:,}" for s in a["steps_to_target_per_seed"])
+            reached = a["mean_curve_steps_to_target"]
+            reached_text = "never" if reached is None else f"{reached:,}"
+            speedup = "-" if a["speedup"] is None else f"{a['speedup']:.1f}x"
+            lines.append(
+                f"| {agent} | {a['budget']:,} | {a['final_mean']:.2f} ± {a['final_std']:.2f} | {a['best_mean']:.2f} "
+                f"| {per_seed} | {reached_text} | {speedup} | {a['ood_mean']:.2f} ± {a['ood_std']:.2f} "
+                f"| {a['wall_s_mean']:.0f} |"
+            )
+        if (DOCS / f"sample_efficiency_{key}.png").is_file():
+            lines += ["", f"![learning curves, {summary['env_id']}](sample_efficiency_{key}.png)"]
+        lines.append("")
+    return lines
 
 
 def _masking_section(bench: dict) -> list[str]:
@@ -371,6 +423,9 @@ def main() -> int:
     end_to_end = _load("end_to_end.json")
     if end_to_end:
         lines += _end_to_end_section(end_to_end)
+    sample_efficiency = _load("sample_efficiency.json")
+    if sample_efficiency and not sample_efficiency["quick"]:
+        lines += _sample_efficiency_section(sample_efficiency)
     memory = _load("memory_bound.json")
     if memory:
         lines += _memory_section(memory)
