@@ -89,13 +89,21 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "eval_every": max(1, task["steps"] // task["evals"]),
         "eval_episodes": task["episodes"],
         "wm_probe_transitions": 0,
+        **task.get("overrides", {}),  # dotted keys, e.g. {"dyna.coda_batch": 1000}
     }
     start = time.perf_counter()
     if (run / "metrics.json").is_file():  # a finished run of an earlier invocation: reuse it if it is the same
         import yaml
 
         kept = yaml.safe_load((run / "config.yaml").read_text())
-        if any(kept.get(k) != overrides[k] for k in ("env_id", "agent", "steps", "seed", "eval_every")):
+
+        def dotted(key: str) -> Any:
+            node = kept
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            return node
+
+        if any(dotted(k) != v for k, v in overrides.items() if k != "wm_probe_transitions"):
             raise SystemExit(f"{run} holds a different run; give another --runs-dir or remove it")
         metrics = json.loads((run / "metrics.json").read_text())
     else:
