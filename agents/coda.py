@@ -101,7 +101,8 @@ def coda_transitions(
         slot_dims: observation entries of each slot, in observation order.
         obs, next_obs: real transitions ``(N, obs_dim)``.
         action: their env actions, ``(N,)`` int (Discrete) or ``(N, action_dim)`` float (Box), env units.
-        rng: draws the pairs and the component to swap.
+        rng: draws the pairs (transition ``i`` with ``i + k`` for a random shift ``k``; the transitions are random
+            draws already) and the component to swap.
 
     Returns:
         ``obs``, ``action``, ``reward``, ``next_obs``, ``terminated`` of the accepted mixed transitions (at most
@@ -114,8 +115,10 @@ def coda_transitions(
     action = np.asarray(action)
     n_pairs, n_slots = len(obs), len(slot_dims)
     slot_of_col = np.repeat(np.arange(n_slots), slot_dims)
+    if n_pairs < 2:
+        raise ValueError(f"CoDA mixes pairs of transitions; got {n_pairs}")
     own = learned_graphs(model, norm, obs, action)["graph"]
-    partner = rng.permutation(n_pairs)
+    partner = (np.arange(n_pairs) + rng.integers(1, n_pairs)) % n_pairs  # a random shift: never itself
     union = node_graph(own | own[partner])
     reach = components(union)  # (N, n + 1, n + 1)
     seed_slot = rng.integers(0, n_slots, size=n_pairs)
