@@ -92,6 +92,7 @@ def coda_transitions(
     action: np.ndarray,
     next_obs: np.ndarray,
     rng: np.random.Generator,
+    check_mixed: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Counterfactual transitions from random pairs of the given real ones (see the module docstring).
 
@@ -103,10 +104,13 @@ def coda_transitions(
         action: their env actions, ``(N,)`` int (Discrete) or ``(N, action_dim)`` float (Box), env units.
         rng: draws the pairs (transition ``i`` with ``i + k`` for a random shift ``k``; the transitions are random
             draws already) and the component to swap.
+        check_mixed: drop mixes whose own learned graph joins the swapped part to the rest (step 5); False keeps
+            every split pair (for measuring what the check removes).
 
     Returns:
         ``obs``, ``action``, ``reward``, ``next_obs``, ``terminated`` of the accepted mixed transitions (at most
-        ``N``), and statistics: ``pairs``, ``splittable`` (pairs whose union graph has more than one component),
+        ``N``) and ``part`` (``(n_accepted, n_slots + 1)`` bool: the nodes taken from the first transition), and
+        statistics: ``pairs``, ``splittable`` (pairs whose union graph has more than one component),
         ``accepted`` (those that also passed the check on the mixed state).
     """
     if getattr(model, "local_graph", None) is None:
@@ -130,13 +134,14 @@ def coda_transitions(
     action_from_i = part[:, n_slots].reshape((-1,) + (1,) * (action.ndim - 1))
     mixed_action = np.where(action_from_i, action, action[partner])
     view = learned_graphs(model, norm, mixed_obs, mixed_action)
-    accepted = splittable & ~crosses(view["graph"], part)
+    accepted = splittable & ~crosses(view["graph"], part) if check_mixed else splittable
     data = {
         "obs": mixed_obs[accepted],
         "action": mixed_action[accepted],
         "reward": view["reward"][accepted],
         "next_obs": mixed_next[accepted],
         "terminated": view["terminated"][accepted],
+        "part": part[accepted],
     }
     stats = {"pairs": int(n_pairs), "splittable": int(splittable.sum()), "accepted": int(accepted.sum())}
     return data, stats

@@ -5,7 +5,8 @@ Usage::
     python benchmarks/sample_efficiency.py [--envs pong pusher] [--seeds 0 1 2] [--jobs 2] [--quick]
                                            [--runs-dir DIR] [--json] [--out docs/sample_efficiency.json]
 
-Issue 4's claim, measured as it is stated: the model-based agent (``causal-mpc``) should reach the return that the
+Issue 4's claim, measured as it is stated: the model-based agent (``causal-mpc`` or ``causal-dyna``, at a fifth of the
+baseline's budget) should reach the return that the
 model-free baseline (PPO on Interventional Pong, SAC on Pusher2D) reaches at its full budget with at least 5x fewer
 env steps, and the causal (slot, sparse-attention) model should beat the dense one (``mlp-mpc``) on the env's OOD
 twin. Every run is ``cwm-rl train``'s Python API (:func:`cwm_rl.agents.training.train`) at the shipped defaults
@@ -53,16 +54,18 @@ SETUPS: dict[str, dict[str, Any]] = {
         "env_id": "cwm/InterventionalPong-v0",
         "baseline": ("ppo", 100_000),
         "model_based": (("causal-mpc", "mlp-mpc"), 6_000),
+        "dyna": 20_000,  # causal-dyna at a fifth of the baseline's budget: reaching the target at all is >= 5x
         "episodes": 5,
     },
     "pusher": {
         "env_id": "cwm/Pusher2D-v0",
         "baseline": ("sac", 30_000),
         "model_based": (("causal-mpc", "mlp-mpc"), 6_000),
+        "dyna": 6_000,
         "episodes": 5,
     },
 }
-QUICK = {"baseline": 2_000, "model_based": 600, "seeds": [0], "episodes": 2}
+QUICK = {"baseline": 2_000, "model_based": 600, "dyna": 600, "seeds": [0], "episodes": 2}
 MODEL_BASED_EVALS = 6  # evaluations per model-based run: each one plans every step of every episode
 BASELINE_EVALS = 10
 SPEEDUP_CLAIM = 5.0
@@ -167,7 +170,9 @@ def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "speedup": (budget / reached) if reached else None,
             "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])),
         }
-    claim = agents.get("causal-mpc", {}).get("speedup")
+    # issue 4: "causal-mpc (or causal-dyna)" reaches the target >= 5x sooner: the better of the two counts
+    speedups = {a: agents[a]["speedup"] for a in ("causal-mpc", "causal-dyna") if a in agents and agents[a]["speedup"]}
+    claim = max(speedups.values(), default=None)
     random_final = agents["random"]["final_mean"] if "random" in agents else None
     above_random = random_final is None or target > random_final
     return {
@@ -177,6 +182,7 @@ def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "target": target,
         "agents": agents,
         "target_above_random": bool(above_random),
+        "claim_agent": max(speedups, key=speedups.get) if speedups else None,
         # reaching a target random play also reaches says nothing: the claim needs a baseline that learned
         "claim_speedup_met": bool(claim is not None and claim >= SPEEDUP_CLAIM and above_random),
         "causal_beats_dense_ood": (
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         setup = SETUPS[env_key]
         groups = [((setup["baseline"][0],), setup["baseline"][1], BASELINE_EVALS, "baseline")]
         groups.append((setup["model_based"][0], setup["model_based"][1], MODEL_BASED_EVALS, "model_based"))
+        groups.append((("causal-dyna",), setup["dyna"], BASELINE_EVALS, "dyna"))  # SB3 acting: cheap evaluations
         groups.append((("random",), setup["model_based"][1], MODEL_BASED_EVALS, "model_based"))  # the floor
         for agents, steps, evals, role in groups:
             for agent in agents:

@@ -88,6 +88,14 @@ def test_coda_swaps_independent_parts_and_drops_swaps_the_graph_forbids():
     assert all(mixed)  # never a transition with itself: every state is new
     np.testing.assert_allclose(data["reward"], data["obs"][:, 2] + 10 * data["action"], rtol=1e-6)
     assert not data["terminated"].any()
+    # the swapped part is one of the two components, reported per transition
+    parts = {tuple(row) for row in data["part"].tolist()}
+    assert parts <= {(True, True, False, False), (False, False, True, True)}
+    # without the check on the mixed state every split pair is kept, contacts included
+    unchecked, stats = coda_transitions(
+        _ContactModel(), norm, (1, 1, 1), obs, action, next_obs, np.random.default_rng(1), check_mixed=False
+    )
+    assert stats["accepted"] == n and (np.abs(unchecked["obs"][:, 0] - unchecked["obs"][:, 2]) < 1.0).any()
 
 
 def test_coda_needs_a_model_with_a_graph():
