@@ -8,6 +8,8 @@ Usage::
     python benchmarks/intervention_masking.py --seeds 0 1 2 --out docs/intervention_masking.json
     python benchmarks/oracle_planning.py --out docs/oracle_planning.json
     python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~1 h on 2 cores
+    python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
+    python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
     python benchmarks/make_results.py            # writes docs/results.md
 """
 
@@ -254,6 +256,53 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
     return lines
 
 
+def _coda_section(bench: dict, validity: dict | None) -> list[str]:
+    m = bench["machine"]
+    lines = [
+        "## CoDA in `causal-dyna`: counterfactual transitions from locally independent slots",
+        "",
+        f"`benchmarks/coda_dyna.py`: `causal-dyna` on `{bench['env_id']}`, {bench['steps']:,} env steps, "
+        f"`dyna.coda_batch` 0 and {bench['coda_batch']:,} (pairs mixed after every world-model refit), same seeds; 10 "
+        "deterministic evaluation episodes every tenth of the budget; *last 3*: mean of the last three evaluations. "
+        "*Split* / *accepted*: share of pairs the learned graphs could split / that passed the check on the mixed "
+        f"state, at the first and the last refit. Runs {m['jobs']} at a time on {_machine(m)}, torch {m['torch']}.",
+        "",
+        "| coda_batch | seed | final return | best return | last 3 | OOD return | split | accepted |",
+        "|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in bench["runs"]:
+        shares = r["coda_shares"]
+        split = f"{shares['splittable'][0]:.2f} -> {shares['splittable'][-1]:.2f}" if shares.get("splittable") else "-"
+        accepted = f"{shares['accepted'][0]:.2f} -> {shares['accepted'][-1]:.2f}" if shares.get("accepted") else "-"
+        lines.append(
+            f"| {r['coda_batch']:,} | {r['seed']} | {r['final_eval_return']:.2f} | {r['best_eval_return']:.2f} "
+            f"| {r['last3_mean']:.2f} | {r['ood_mean_return']:.2f} | {split} | {accepted} |"
+        )
+    for batch, summary in bench["summary"].items():
+        cells = ", ".join(f"{k.replace('_', ' ')} {mean:.2f} ± {std:.2f}" for k, (mean, std) in summary.items())
+        lines += ["", f"`coda_batch` {int(batch):,}, mean ± std over seeds: {cells}."]
+    if validity:
+        lines += [
+            "",
+            "Are the mixes real transitions? `benchmarks/coda_validity.py` mixes 4,000 random-policy Pong "
+            "transitions without interventions with each run's model and steps every mix by the env's true dynamics "
+            "(no intervention): *invalid* = the true local graph joins the swapped part to the rest; *ball mismatch* "
+            "= the mixed next ball differs from the true one (points excluded); *true points* = share of mixes in "
+            "which a point is scored.",
+            "",
+            "| run | check on mixed state | pairs | split | kept | invalid | ball mismatch | true points "
+            "| reward error |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in validity["rows"]:
+            lines.append(
+                f"| `{Path(r['run']).name}` | {'yes' if r['check_mixed'] else 'no'} | {r['pairs']:,} "
+                f"| {r['splittable']:,} | {r['accepted']:,} | {r['invalid_share']:.3f} "
+                f"| {r['ball_mismatch_share']:.3f} | {r['true_point_share']:.3f} | {r['reward_abs_error']:.3f} |"
+            )
+    return [*lines, ""]
+
+
 def _masking_section(bench: dict) -> list[str]:
     m = bench["machine"]
     lines = [
@@ -423,6 +472,9 @@ def main() -> int:
     end_to_end = _load("end_to_end.json")
     if end_to_end:
         lines += _end_to_end_section(end_to_end)
+    coda = _load("coda_dyna.json")
+    if coda and not coda["quick"]:
+        lines += _coda_section(coda, _load("coda_validity.json"))
     sample_efficiency = _load("sample_efficiency.json")
     if sample_efficiency and not sample_efficiency["quick"]:
         lines += _sample_efficiency_section(sample_efficiency)
