@@ -33,6 +33,7 @@ from gymnasium import spaces
 from stable_baselines3 import A2C, DQN, PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
@@ -379,6 +380,10 @@ class SB3Agent:
             raise InvalidArgumentError(f"total_env_steps={total_env_steps!r} must be a positive integer")
         if total_env_steps < 1:
             raise InvalidArgumentError(f"total_env_steps={total_env_steps} must be a positive integer")
+        if self.model.tensorboard_log is None and self.model.verbose == 0:
+            # SB3 would configure a logger that writes nothing yet creates an empty $TMPDIR/SB3-<time> folder on
+            # every learn() call; a logger with no outputs and no folder is the same minus the litter.
+            self.model.set_logger(Logger(folder=None, output_formats=[]))
         with torch_threads(self.threads):
             self.model.learn(
                 total_timesteps=int(total_env_steps),

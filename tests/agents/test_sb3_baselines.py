@@ -109,6 +109,15 @@ def test_learn_continues_and_calls_callbacks():
     assert Count.calls == 64  # one call per vectorised step of the first learn()
 
 
+def test_learning_without_tensorboard_leaves_no_folder_behind(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where SB3 would put its SB3-<time> folders
+    agent = SB3Agent("ppo", "cwm/Chemistry-v0", hyperparams=TINY["ppo"])
+    agent.learn(128).learn(128)
+    assert agent.num_timesteps == 256 and not [p for p in tmp_path.iterdir() if p.name.startswith("SB3-")]
+
+
 def test_tensorboard_run_continues_across_learn_calls(tmp_path):
     agent = SB3Agent("ppo", "cwm/Chemistry-v0", hyperparams=TINY["ppo"], tensorboard_log=tmp_path / "tb")
     agent.learn(128).learn(128)
