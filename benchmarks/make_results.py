@@ -213,6 +213,15 @@ def _end_to_end_section(bench: dict) -> list[str]:
     return [*lines, ""]
 
 
+def _gap(summary: dict) -> str:
+    """The OOD gap (causal - dense) with its standard error, and whether it stands out of the noise."""
+    if "ood_gap" not in summary:
+        return ""
+    gap, se = summary["ood_gap"], summary["ood_gap_se"]
+    verdict = "within the noise" if abs(gap) < 2 * se else "more than two standard errors"
+    return f" (gap {gap:+.2f} ± {se:.2f} standard error over seeds: {verdict})"
+
+
 def _sample_efficiency_section(bench: dict) -> list[str]:
     m = bench["machine"]
     lines = [
@@ -225,7 +234,9 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
         "env's `-OOD-v0` twin. *Target*: the baseline's final return at its full budget (mean over seeds). "
         "*Speed-up*: baseline budget / the env steps at which the agent's mean-over-seeds curve first reaches the "
         f"target; issue 4 asks for at least {bench['claim_speedup']:.0f}x. Runs {m['jobs']} at a time, one torch "
-        f"thread each, on {_machine(m)}, torch {m['torch']}; {bench['wall_s'] / 60:.0f} min in all.",
+        f"thread each, on {_machine(m)}, torch {m['torch']}; the runs' wall times add up to "
+        f"{sum(r['wall_s'] for r in bench['runs']) / 60:.0f} min (they shared the machine with other jobs, so "
+        "compare them only roughly).",
         "",
     ]
     for key, summary in bench["summaries"].items():
@@ -234,7 +245,7 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
             f"{summary['baseline_budget']:,} steps; above random play: "
             f"{'yes' if summary.get('target_above_random', True) else 'no'}). Speed-up claim: "
             f"**{'met' if summary['claim_speedup_met'] else 'not met'}**; causal model beats the dense one on the OOD "
-            f"twin: **{'yes' if summary['causal_beats_dense_ood'] else 'no'}**.",
+            f"twin: **{'yes' if summary['causal_beats_dense_ood'] else 'no'}**{_gap(summary)}.",
             "",
             "| agent | budget (env steps) | final return | best return | steps to target (per seed) "
             "| mean curve reaches target | speed-up | OOD return | wall time per run (s) |",

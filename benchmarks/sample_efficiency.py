@@ -94,7 +94,6 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "wm_probe_transitions": 0,
         **task.get("overrides", {}),  # dotted keys, e.g. {"dyna.coda_batch": 1000}
     }
-    start = time.perf_counter()
     if (run / "metrics.json").is_file():  # a finished run of an earlier invocation: reuse it if it is the same
         import yaml
 
@@ -111,7 +110,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         metrics = json.loads((run / "metrics.json").read_text())
     else:
         metrics = train(resolve_config(overrides), run, progress=False)
-    train_s = time.perf_counter() - start
+    train_s = json.loads((run / "timing.json").read_text())["wall_time_s"]  # the run's own, also when reused
     ood_file = run / "ood_eval.json"  # kept, so a rerun that adds agents does not re-plan every episode
     if ood_file.is_file():
         ood = json.loads(ood_file.read_text())
@@ -134,9 +133,10 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def mean_curve(runs: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    """Mean over seeds at the evaluation steps all seeds share (the same schedule for one agent and budget)."""
-    steps = sorted(set.intersection(*({s for s, _ in r["curve"]} for r in runs)))
-    return [(s, float(np.mean([dict(r["curve"])[s] for r in runs]))) for s in steps]
+    """Mean over seeds of the k-th evaluation, at the latest env step any seed took it (the schedule is the same,
+    but vector envs overshoot it by a few steps that differ between seeds)."""
+    n = min(len(r["curve"]) for r in runs)
+    return [(max(r["curve"][k][0] for r in runs), float(np.mean([r["curve"][k][1] for r in runs]))) for k in range(n)]
 
 
 def first_at_or_above(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -190,7 +190,17 @@ def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if {"causal-mpc", "mlp-mpc"} <= agents.keys()
             else None
         ),
+        **ood_gap(agents),
     }
+
+
+def ood_gap(agents: dict[str, Any]) -> dict[str, float]:
+    """OOD return of the causal minus the dense model's agent and its standard error over seeds (Welch)."""
+    if not {"causal-mpc", "mlp-mpc"} <= agents.keys():
+        return {}
+    a, b = agents["causal-mpc"], agents["mlp-mpc"]
+    var = sum(x["ood_std"] ** 2 / max(1, len(x["seeds"]) - 1) for x in (a, b))  # np.std is the population std
+    return {"ood_gap": a["ood_mean"] - b["ood_mean"], "ood_gap_se": float(np.sqrt(var))}
 
 
 def main(argv: list[str] | None = None) -> int:
