@@ -141,6 +141,8 @@ def check_dyna_config(cfg: DynaConfig) -> None:
     for name in ("seed_steps", "updates", "coda_batch"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0")
+    if cfg.coda_batch == 1:
+        raise ConfigError("coda_batch=1: CoDA mixes pairs of transitions; use 0 (off) or at least 2")
     if cfg.coda_batch and cfg.model == "mlp":
         raise ConfigError("coda_batch needs a world model with a local causal graph; the mlp model has none")
     if cfg.coda_batch and cfg.sb3_kwargs.get("optimize_memory_usage"):
