@@ -1,0 +1,61 @@
+"""The sample-efficiency benchmark's verdicts (benchmarks/sample_efficiency.py): curves, targets, the claim."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from cwm_rl.bench import benchmarks_dir
+
+
+@pytest.fixture(scope="module")
+def se():
+    sys.path.insert(0, str(benchmarks_dir()))
+    try:
+        import sample_efficiency
+    finally:
+        sys.path.pop(0)
+    return sample_efficiency
+
+
+def _run(agent, seed, budget, curve, ood=0.0):
+    return {
+        "agent": agent,
+        "seed": seed,
+        "budget": budget,
+        "curve": curve,
+        "final_eval_return": curve[-1][1],
+        "best_eval_return": max(v for _, v in curve),
+        "ood_mean_return": ood,
+        "wall_s": 1.0,
+    }
+
+
+def test_mean_curve_aligns_evaluations_whose_steps_differ_by_a_vector_step(se):
+    runs = [_run("a", 0, 30, [(10, 1.0), (21, 2.0), (30, 3.0)]), _run("a", 1, 30, [(12, 3.0), (20, 0.0)])]
+    assert se.mean_curve(runs) == [(12, 2.0), (21, 1.0)]  # k-th evaluations, the later step, the mean value
+    assert se.first_at_or_above(se.mean_curve(runs), 1.5) == 12
+    assert se.first_at_or_above(se.mean_curve(runs), 5.0) is None
+
+
+def test_claim_counts_the_better_model_based_agent_and_only_above_random_play(se):
+    base = [_run("ppo", s, 100, [(50, 0.0), (100, 1.0)]) for s in (0, 1)]
+    dyna = [_run("causal-dyna", s, 20, [(10, 0.0), (20, 1.0)]) for s in (0, 1)]  # target at 20 steps: 5x
+    mpc = [_run("causal-mpc", s, 20, [(10, 1.0), (20, 1.0)], ood=s) for s in (0, 1)]  # at 10 steps: 10x
+    dense = [_run("mlp-mpc", s, 20, [(10, 0.0), (20, 0.0)], ood=-1.0) for s in (0, 1)]
+    weak = [_run("random", s, 20, [(10, 0.0), (20, 0.0)]) for s in (0, 1)]
+    out = se.summarise("pong", base + dyna + mpc + dense + weak)
+    assert out["target"] == 1.0 and out["baseline_budget"] == 100
+    assert out["agents"]["causal-dyna"]["speedup"] == 5.0 and out["agents"]["causal-mpc"]["speedup"] == 10.0
+    assert out["claim_agent"] == "causal-mpc" and out["claim_speedup_met"] and out["target_above_random"]
+    assert out["causal_beats_dense_ood"] and out["ood_gap"] == pytest.approx(1.5)
+    assert out["ood_gap_se"] == pytest.approx(0.5)  # population std 0.5 over 2 seeds -> sample variance 0.5
+    # a baseline that ends where random play ends proves nothing: the claim is not met however fast the agent is
+    lucky = [_run("random", s, 20, [(10, 1.0), (20, 1.0)]) for s in (0, 1)]
+    out = se.summarise("pong", base + dyna + mpc + dense + lucky)
+    assert not out["target_above_random"] and not out["claim_speedup_met"]
+    # below 5x is not met either
+    slow = [_run("causal-dyna", s, 20, [(10, 0.0), (20, 0.5), (30, 1.0)]) for s in (0, 1)]
+    out = se.summarise("pong", base + slow + weak)
+    assert out["agents"]["causal-dyna"]["speedup"] == pytest.approx(100 / 30) and not out["claim_speedup_met"]
