@@ -12,6 +12,8 @@ from cwm_rl.config import ConfigError
 from cwm_rl.models.world_model import Prediction
 from cwm_rl.wm_evaluation import Normalizer
 
+from .test_dyna import TINY as DYNA_TINY
+
 PONG = "cwm/InterventionalPong-v0"
 
 
@@ -105,19 +107,7 @@ def test_coda_needs_a_model_with_a_graph():
         coda_transitions(torch.nn.Linear(1, 1), norm, (1, 1, 1), x, np.zeros(2, int), x, np.random.default_rng(0))
 
 
-TINY = {
-    "seed_steps": 60,
-    "train_every": 40,
-    "first_updates": 3,
-    "updates": 1,
-    "window": 4,
-    "batch_size": 4,
-    "slot.d_model": 16,
-    "rollout_batch": 16,
-    "rollout_horizon": 1,
-    "model_buffer_size": 400,
-    "sb3_kwargs": {"learning_starts": 40, "batch_size": 16, "policy_kwargs": {"net_arch": [16]}},
-}
+TINY = DYNA_TINY | {"rollout_horizon": 1, "model_buffer_size": 400}  # test_dyna's tiny Dyna agent
 
 
 class _PongGraphModel(_ContactModel):
