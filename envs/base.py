@@ -20,6 +20,7 @@ The causal contract (see ``DESIGN.md``):
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
@@ -31,6 +32,9 @@ from gymnasium.vector.utils import batch_space
 
 from cwm_rl.envs.rng import key_from_generator, uniforms
 from cwm_rl.errors import InvalidActionError, InvalidArgumentError
+
+UNIFORM_BLOCK = 64
+"""The single env computes the uniforms of this many upcoming steps at once (see ``CausalEnv._step_uniforms``)."""
 
 State = dict[str, np.ndarray]
 """Simulator state: named arrays whose leading axis is the batch (one entry per sub-environment)."""
@@ -81,7 +85,8 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
         self.render_mode = render_mode
         self._state: State | None = None
         self._key: np.ndarray | None = None
-        self._counter = np.zeros(1, dtype=np.uint64)
+        self._counter = 0  # events drawn from the stream so far (a Python int: one less numpy call per step)
+        self._block: tuple[int, int, np.ndarray] | None = None  # (key, first counter, uniforms) of upcoming steps
 
     # ------------------------------------------------------------------ set-up helpers for subclasses
     def _init_causal(
@@ -148,9 +153,9 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
         super().reset(seed=seed)
         if seed is not None or self._key is None:
             self._key = np.array([key_from_generator(self.np_random)], dtype=np.uint64)
-            self._counter = np.zeros(1, dtype=np.uint64)
-        u = uniforms(self._key, self._counter, self.n_reset_uniforms)
-        self._counter = self._counter + np.uint64(1)
+            self._counter = 0
+        u = uniforms(self._key, np.array([self._counter], dtype=np.uint64), self.n_reset_uniforms)
+        self._counter += 1
         self._state = self._reset_batch(u)
         return self._observe_batch(self._state)[0], {}
 
@@ -158,9 +163,8 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
         if self._state is None:
             raise gym.error.ResetNeeded("Cannot call step() before reset(); call env.reset(seed=...) first")
         batch_action = self._check_action(action)
-        assert self._key is not None
-        u = uniforms(self._key, self._counter, self.n_step_uniforms)
-        self._counter = self._counter + np.uint64(1)
+        u = self._step_uniforms()
+        self._counter += 1
         result = self._step_batch(self._state, batch_action, u)
         self._state = result.state
         info = {"local_graph": result.local_graph[0], "intervened": result.intervened[0]}
@@ -174,6 +178,32 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
         if self._state is None:
             raise gym.error.ResetNeeded("Cannot call render() before reset()")
         return self._render_frame(self._state)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Snapshots pickled before the counter became an int (and before the uniform block) still load.
+        counter = state.get("_counter", 0)
+        if isinstance(counter, np.ndarray):
+            state["_counter"] = int(counter.reshape(-1)[0])
+        state.setdefault("_block", None)
+        self.__dict__.update(state)
+
+    def _step_uniforms(self) -> np.ndarray:
+        """The ``(1, n_step_uniforms)`` uniforms of the step at the current counter.
+
+        The stream is counter-based, so the uniforms of the next ``UNIFORM_BLOCK`` steps are computed in one batched
+        call and served row by row: the same numbers as one call per step (the draws are a pure function of key,
+        counter and index), at a fraction of the numpy calls. The block is recomputed when the key changes (a seeded
+        reset, :meth:`set_state`) or the counter leaves it (a reset consumes an event too).
+        """
+        assert self._key is not None
+        key, counter = int(self._key[0]), self._counter
+        block = self._block
+        if block is None or block[0] != key or not 0 <= counter - block[1] < UNIFORM_BLOCK:
+            counters = np.arange(counter, counter + UNIFORM_BLOCK, dtype=np.uint64)
+            keys = np.full(UNIFORM_BLOCK, key, dtype=np.uint64)
+            block = self._block = (key, counter, uniforms(keys, counters, self.n_step_uniforms))
+        row = counter - block[1]
+        return block[2][row : row + 1]
 
     # ------------------------------------------------------------------ actions
     def _check_action(self, action: Any) -> np.ndarray:
@@ -201,7 +231,7 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
                     f"action {value} is out of range; {type(self).__name__} takes an int in "
                     f"[{space.start}, {space.start + space.n - 1}]"
                 )
-            return np.array([value], dtype=np.int64)
+            return _action_batch(value)
         if isinstance(space, spaces.Box):
             arr = np.asarray(action, dtype=np.float64)
             if arr.shape != space.shape:
@@ -224,7 +254,7 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
         return {
             "sim": {k: v.copy() for k, v in self._state.items()},
             "rng_key": self._key.copy(),
-            "rng_counter": self._counter.copy(),
+            "rng_counter": np.array([self._counter], dtype=np.uint64),
             "np_random": copy.deepcopy(self.np_random.bit_generator.state),
         }
 
@@ -237,7 +267,7 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
             )
         self._state = {k: np.array(v, copy=True) for k, v in state["sim"].items()}
         self._key = np.array(state["rng_key"], dtype=np.uint64, copy=True)
-        self._counter = np.array(state["rng_counter"], dtype=np.uint64, copy=True)
+        self._counter = int(np.asarray(state["rng_counter"], dtype=np.uint64).reshape(-1)[0])
         if "np_random" in state:
             self.np_random.bit_generator.state = copy.deepcopy(state["np_random"])
 
@@ -425,6 +455,14 @@ class CausalVectorEnv(VectorEnv):
                 )
             return arr
         raise TypeError(f"unsupported action space {space!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _action_batch(value: int) -> np.ndarray:
+    """A discrete action as a read-only batch of one (cached: the single env builds one per step otherwise)."""
+    batch = np.array([value], dtype=np.int64)
+    batch.setflags(write=False)
+    return batch
 
 
 def _merge(state: State, fresh: State, idx: np.ndarray) -> State:

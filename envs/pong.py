@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import itemgetter
+from types import SimpleNamespace
 
 import numpy as np
 from gymnasium import spaces
@@ -23,6 +25,9 @@ SLOTS = ("left_paddle", "right_paddle", "ball", "score")
 LP, RP, BALL, SCORE, ACTION = 0, 1, 2, 3, 4
 KEYS = ("lp", "rp", "bx", "by", "vx", "vy", "sl", "sr")  # state arrays, in observation order
 _SLOT_COLUMNS = {LP: (0,), RP: (1,), BALL: (2, 3, 4, 5), SCORE: (6, 7)}
+_SLOT_IDS = np.arange(4)[None, :]
+_STATE_VALUES = itemgetter(*KEYS)  # state dict -> its arrays in observation order
+_NO_HIT = np.zeros(1, dtype=bool)  # broadcasts to any batch
 
 # Uniforms consumed per event (fixed, so counterfactual replays see the same noise).
 _U_INTERVENE, _U_TARGET, _U_VALUES, _U_LP_NOISE, _U_RP_NOISE, _U_RESPAWN = 0, 1, 2, 6, 7, 8
@@ -118,6 +123,31 @@ class InterventionalPongEnv(CausalEnv):
         self._max_vy = 0.75 * self.ball_speed
         self._target_index = np.array([SLOTS.index(t) for t in self.intervention_targets])
         self._moves = np.array([0.0, self.paddle_max_step, -self.paddle_max_step])  # stay, up, down
+        r, m = self.ball_radius, self.paddle_max_step
+        constants = {  # the dynamics' constants as 0-d float64 arrays, computed as the formulas wrote them
+            "one": 1.0,
+            "two": 2.0,
+            "r": r,
+            "m": m,
+            "neg_m": -m,
+            "noise": self.paddle_noise,
+            "lo": PADDLE_LO,
+            "hi": PADDLE_HI,
+            "top": SIZE - r,
+            "two_r": 2.0 * r,
+            "two_top": 2.0 * (SIZE - r),
+            "left_face": LEFT_FACE,
+            "right_face": RIGHT_FACE,
+            "reach": PADDLE_HALF_H + r,
+            "max_vy": self._max_vy,
+            "speed2": self.ball_speed**2,
+            "left_mirror": 2.0 * (LEFT_FACE + r),
+            "right_mirror": 2.0 * (RIGHT_FACE - r),
+            "right_back": SIZE - r,
+            "intervention_prob": self.intervention_prob,
+            "winning_score": float(self.winning_score),
+        }
+        self._c = SimpleNamespace(**{k: np.array(v, dtype=np.float64) for k, v in constants.items()})
 
         graph = np.zeros((4, 5), dtype=bool)
         graph[LP, [LP, BALL]] = True
@@ -150,82 +180,87 @@ class InterventionalPongEnv(CausalEnv):
         return dict(zip(KEYS, values, strict=True))
 
     def _step_batch(self, state: State, action: np.ndarray, u: np.ndarray) -> StepResult:
-        lp, rp, bx, by, vx, vy, sl, sr = (state[k] for k in KEYS)
-        m, noise, r = self.paddle_max_step, self.paddle_noise, self.ball_radius
-
+        # Written for the single env too (a batch of one), where every numpy call costs about as much as its
+        # arithmetic: constants are 0-d arrays (numpy converts a Python float on every call), rare events are
+        # tested with count_nonzero (4x cheaper than .any() on a short array), and no test is repeated.
+        lp, rp, bx, by, vx, vy, sl, sr = _STATE_VALUES(state)
+        c = self._c
         # Paddles: the opponent tracks the ball, the agent's paddle follows the action.
-        new_lp = lp + np.minimum(np.maximum(by - lp, -m), m) + noise * (2.0 * u[:, _U_LP_NOISE] - 1.0)
-        new_lp = np.minimum(np.maximum(new_lp, PADDLE_LO), PADDLE_HI)
-        new_rp = rp + self._moves[action] + noise * (2.0 * u[:, _U_RP_NOISE] - 1.0)
-        new_rp = np.minimum(np.maximum(new_rp, PADDLE_LO), PADDLE_HI)
-
+        new_lp = lp + np.minimum(np.maximum(by - lp, c.neg_m), c.m) + c.noise * (c.two * u[:, _U_LP_NOISE] - c.one)
+        new_lp = np.minimum(np.maximum(new_lp, c.lo), c.hi)
+        new_rp = rp + self._moves[action] + c.noise * (c.two * u[:, _U_RP_NOISE] - c.one)
+        new_rp = np.minimum(np.maximum(new_rp, c.lo), c.hi)
         # Ball: move, bounce off the top and bottom walls, rebound off a paddle it reaches; the hit point sets the
         # angle. Rare events are computed only when some sub-env has them (same values, less work per step).
         nx, ny, nvx, nvy = bx + vx, by + vy, vx, vy
-        low_wall, high_wall = ny < r, ny > SIZE - r
+        low_wall, high_wall = ny < c.r, ny > c.top
         wall = low_wall | high_wall
-        if wall.any():
-            ny = np.where(low_wall, 2.0 * r - ny, np.where(high_wall, 2.0 * (SIZE - r) - ny, ny))
+        if np.count_nonzero(wall):
+            ny = np.where(low_wall, c.two_r - ny, np.where(high_wall, c.two_top - ny, ny))
             nvy = np.where(wall, -nvy, nvy)
-        reach = PADDLE_HALF_H + r
-        hit_left = (vx < 0) & (bx - r >= LEFT_FACE) & (nx - r < LEFT_FACE) & (np.abs(ny - lp) <= reach)
-        hit_right = (vx > 0) & (bx + r <= RIGHT_FACE) & (nx + r > RIGHT_FACE) & (np.abs(ny - rp) <= reach)
-        hit = hit_left | hit_right
-        if hit.any():
-            offset = np.minimum(np.maximum((ny - np.where(hit_left, lp, rp)) / reach, -1.0), 1.0)
-            rebound_vy = self._max_vy * offset
-            rebound_vx = np.sqrt(self.ball_speed**2 - rebound_vy * rebound_vy)
+        # A paddle hit: the ball's leading edge crosses the paddle's face this step (so it moves towards it) at a
+        # height within reach. Most steps no edge is near a face, and the full test is skipped.
+        graph = self._always[None].repeat(len(lp), axis=0)  # the always-on edges plus contacts and points
+        near_left, near_right = nx - c.r < c.left_face, nx + c.r > c.right_face
+        if np.count_nonzero(near_left | near_right):
+            hit_left = (bx - c.r >= c.left_face) & near_left & (np.abs(ny - lp) <= c.reach)
+            hit_right = (bx + c.r <= c.right_face) & near_right & (np.abs(ny - rp) <= c.reach)
+            graph[:, BALL, LP] = hit_left
+            graph[:, BALL, RP] = hit_right
+            hit = hit_left | hit_right
+        else:
+            hit = _NO_HIT
+        if np.count_nonzero(hit):
+            offset = np.minimum(np.maximum((ny - np.where(hit_left, lp, rp)) / c.reach, -c.one), c.one)
+            rebound_vy = c.max_vy * offset
+            rebound_vx = np.sqrt(c.speed2 - rebound_vy * rebound_vy)
             nvy = np.where(hit, rebound_vy, nvy)
             nvx = np.where(hit_left, rebound_vx, np.where(hit_right, -rebound_vx, nvx))
-            nx = np.where(hit_left, 2.0 * (LEFT_FACE + r) - nx, np.where(hit_right, 2.0 * (RIGHT_FACE - r) - nx, nx))
-
+            nx = np.where(hit_left, c.left_mirror - nx, np.where(hit_right, c.right_mirror - nx, nx))
         # Points: the ball reaches a back wall and is served again from the centre.
-        right_point = nx <= r
-        left_point = nx >= SIZE - r
+        right_point = nx <= c.r
+        left_point = nx >= c.right_back
         point = right_point | left_point
-        if point.any():
+        if np.count_nonzero(point):
             sx, sy, svx, svy = self._serve(u[:, _U_RESPAWN], u[:, _U_RESPAWN + 1], u[:, _U_RESPAWN + 2])
             nx, ny = np.where(point, sx, nx), np.where(point, sy, ny)
             nvx, nvy = np.where(point, svx, nvx), np.where(point, svy, nvy)
-        new_sl, new_sr = sl + left_point, sr + right_point
-        reward = right_point.astype(np.float64) - left_point
-
-        # Local graph of this transition: the always-on edges plus contacts and points.
-        graph = self._always[None].repeat(len(lp), axis=0)
-        graph[:, BALL, LP] = hit_left
-        graph[:, BALL, RP] = hit_right
-        graph[:, SCORE, BALL] = point
-        new = [new_lp, new_rp, nx, ny, nvx, nvy, new_sl, new_sr]
-
+            sl, sr = sl + left_point, sr + right_point
+            graph[:, SCORE, BALL] = point
+            reward = right_point.astype(np.float64) - left_point
+        else:
+            reward = np.zeros(len(lp))
+        new = [new_lp, new_rp, nx, ny, nvx, nvy, sl, sr]
         # Exogenous single-target interventions: the target's value is replaced, its row loses every parent.
-        intervene = u[:, _U_INTERVENE] < self.intervention_prob
-        if intervene.any():
+        intervene = u[:, _U_INTERVENE] < c.intervention_prob
+        if np.count_nonzero(intervene):
             n_targets = len(self._target_index)
             pick = np.minimum((u[:, _U_TARGET] * n_targets).astype(np.int64), n_targets - 1)
             target = np.where(intervene, self._target_index[pick], -1)
-            intervened = target[:, None] == np.arange(4)[None, :]
+            intervened = target[:, None] == _SLOT_IDS
             v = u[:, _U_VALUES : _U_VALUES + 4]
-            span, w = PADDLE_HI - PADDLE_LO, self.winning_score
-            ix, iy, ivx, ivy = self._serve(v[:, 1], v[:, 2], v[:, 3])
-            replacement = {
-                LP: [PADDLE_LO + span * v[:, 0]],
-                RP: [PADDLE_LO + span * v[:, 0]],
-                BALL: [8.0 + 16.0 * v[:, 0], iy, ivx, ivy],
-                SCORE: [np.minimum(np.floor(v[:, 0] * w), w - 1), np.minimum(np.floor(v[:, 1] * w), w - 1)],
-            }
-            for slot, values in replacement.items():  # loop over the 4 slots, not over envs
-                for k, value in zip(_SLOT_COLUMNS[slot], values, strict=True):
+            for slot in np.unique(target[intervene]).tolist():  # only the slots some sub-env intervenes on
+                for k, value in zip(_SLOT_COLUMNS[slot], self._replacement(slot, v), strict=True):
                     new[k] = np.where(intervened[:, slot], value, new[k])
             graph &= ~intervened[:, :, None]
         else:
             intervened = np.zeros((len(lp), 4), dtype=bool)
-        terminated = (new[6] >= self.winning_score) | (new[7] >= self.winning_score)
+        terminated = np.maximum(new[6], new[7]) >= c.winning_score
         return StepResult(dict(zip(KEYS, new, strict=True)), reward, terminated, graph, intervened)
+
+    def _replacement(self, slot: int, v: np.ndarray) -> list[np.ndarray]:
+        """The values an intervention on ``slot`` sets, from the uniforms ``v`` ``(B, 4)`` (one per column)."""
+        if slot in (LP, RP):
+            return [PADDLE_LO + (PADDLE_HI - PADDLE_LO) * v[:, 0]]
+        if slot == BALL:
+            _, iy, ivx, ivy = self._serve(v[:, 1], v[:, 2], v[:, 3])
+            return [8.0 + 16.0 * v[:, 0], iy, ivx, ivy]
+        w = self.winning_score
+        return [np.minimum(np.floor(v[:, 0] * w), w - 1), np.minimum(np.floor(v[:, 1] * w), w - 1)]
 
     def _observe_batch(self, state: State) -> np.ndarray:
         obs = np.empty((len(state["lp"]), len(KEYS)), dtype=np.float32)
-        for i, k in enumerate(KEYS):
-            obs[:, i] = state[k]
+        obs.T[...] = _STATE_VALUES(state)  # one call fills every column
         return obs
 
     # ------------------------------------------------------------------ verification and rendering

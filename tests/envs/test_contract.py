@@ -201,3 +201,45 @@ def test_bad_actions_are_rejected(env_id):
     for action in bad:
         with pytest.raises(InvalidActionError):
             env.step(action)
+
+
+def test_single_env_serves_the_streams_uniforms_across_blocks_resets_and_set_state():
+    """The single env draws its step uniforms in blocks; each step must still get exactly its own draws."""
+    from cwm_rl.envs.base import UNIFORM_BLOCK
+    from cwm_rl.envs.rng import uniforms
+
+    env = gym.make("cwm/InterventionalPong-v0").unwrapped
+    env.reset(seed=3)
+
+    def expected() -> np.ndarray:
+        counter = np.array([env._counter], dtype=np.uint64)
+        return uniforms(env._key, counter, env.n_step_uniforms)
+
+    saved = None
+    for t in range(3 * UNIFORM_BLOCK):
+        if t == UNIFORM_BLOCK // 2:
+            saved = env.get_state()
+        if t == UNIFORM_BLOCK + 5:
+            env.reset()  # consumes an event: the block must follow the counter
+        if t == 2 * UNIFORM_BLOCK:
+            env.set_state(saved)  # jumps back into an earlier block
+        if t == 2 * UNIFORM_BLOCK + 10:
+            env.reset(seed=4)  # a new key
+        assert np.array_equal(env._step_uniforms(), expected()), t
+        env.step(1)
+
+
+def test_env_pickled_with_an_array_counter_still_loads():
+    """Resume snapshots written before the counter became an int (and before the uniform block) keep working."""
+    env = gym.make("cwm/InterventionalPong-v0").unwrapped
+    env.reset(seed=5)
+    ref = [env.step(a) for a in (0, 1, 2)]
+    env.reset(seed=5)
+    state = dict(env.__dict__)
+    state["_counter"] = np.array([env._counter], dtype=np.uint64)
+    del state["_block"]
+    old = object.__new__(type(env))
+    old.__setstate__(state)
+    got = [old.step(a) for a in (0, 1, 2)]
+    for r, g in zip(ref, got, strict=True):
+        assert np.array_equal(r[0], g[0]) and r[1:4] == g[1:4]
