@@ -35,6 +35,8 @@ from cwm_rl.models.factory import MODEL_KINDS, make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.wm_evaluation import Normalizer, evaluate_teacher_forced, evaluate_windows
 
+LR_SCHEDULES = ("constant", "cosine")
+
 
 @dataclass
 class WMTrainConfig:
@@ -50,6 +52,9 @@ class WMTrainConfig:
         steps: gradient steps (3,000: on Interventional Pong the graph F1 of the three seeds went from 0.75-0.91 at
             1,500 steps to 0.89-0.91; about 1-2 minutes on 2 cores at the default size).
         lr: AdamW learning rate; ``weight_decay`` its decay.
+        lr_schedule: ``constant``, or ``cosine`` (PyTorch's ``CosineAnnealingLR`` from ``lr`` down to ``lr / 10``
+            over ``steps``; the default: on Interventional Pong, seed 0, d_model 32, 3,000 steps, graph F1 0.894 ->
+            0.908 and it no longer drifts down after its peak at 2,000 steps).
         sparsity_weight: weight of the cross-slot attention's sparsity penalty (0.02: on Pong with hard gates, 0.05
             and 0.5 closed the action edge (F1 0.76, 0.32), 0.02 kept every true edge).
         reward_weight: weight of the reward loss; ``termination_weight`` of the termination loss.
@@ -62,7 +67,9 @@ class WMTrainConfig:
         val_fraction: share of episodes held out for validation.
         eval_every: gradient steps between evaluations (and checkpoints).
         threads: torch CPU threads.
-        slot: the slot models' architecture.
+        slot: the slot models' architecture (d_model 32 for ``wm-train``, as the agents use: on Interventional
+            Pong with ``mask_interventions``, seed 0, 3,000 steps, d_model 32 reached graph F1 0.894 and one-step MSE
+            0.447 in 93 s; d_model 64 0.873 and 0.473 in 136 s, and 0.85-0.88 up to 6,000 steps).
         mlp_hidden: hidden width of the MLP baseline; ``mlp_layers`` its depth.
     """
 
@@ -74,6 +81,7 @@ class WMTrainConfig:
     batch_size: int = 32
     steps: int = 3000
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
     weight_decay: float = 0.0
     sparsity_weight: float = 0.02
     reward_weight: float = 1.0
@@ -82,7 +90,7 @@ class WMTrainConfig:
     val_fraction: float = 0.1
     eval_every: int = 500
     threads: int = 2
-    slot: SlotModelConfig = field(default_factory=SlotModelConfig)
+    slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=32))
     mlp_hidden: int = 256
     mlp_layers: int = 3
 
@@ -97,6 +105,8 @@ def check_config(cfg: WMTrainConfig) -> None:
     for name in ("lr", "sparsity_weight", "reward_weight", "termination_weight", "weight_decay"):
         if getattr(cfg, name) < 0 or not np.isfinite(getattr(cfg, name)):
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is not one of {LR_SCHEDULES}")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise ConfigError(f"val_fraction={cfg.val_fraction} must be in (0, 1)")
     if not cfg.data:
@@ -190,6 +200,11 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     norm = Normalizer.fit(ds, [int(i) for i in train_set.indices], action_start=ds.meta["action_space"].get("start", 0))
     model = make_world_model(cfg.model, slot_dims, action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers)
     optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=cfg.steps, eta_min=cfg.lr / 10)
+        if cfg.lr_schedule == "cosine"
+        else None
+    )
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
@@ -216,6 +231,8 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optim.step()
+            if schedule is not None:
+                schedule.step()
             step += 1
             if writer:
                 writer.add_scalar("losses/total", loss.item(), step)
