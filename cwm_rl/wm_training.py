@@ -170,6 +170,16 @@ def world_model_loss(
     return total, parts
 
 
+def make_optimizer(
+    model: nn.Module, cfg: WMTrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """AdamW and, for ``lr_schedule="cosine"``, its cosine decay to ``lr / 10`` over ``cfg.steps`` steps."""
+    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.lr_schedule == "constant":
+        return optim, None
+    return optim, torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=cfg.steps, eta_min=cfg.lr / 10)
+
+
 def mechanism_mse(
     pred: torch.Tensor, target: torch.Tensor, intervened: torch.Tensor, slot_dims: Sequence[int]
 ) -> torch.Tensor:
@@ -199,12 +209,7 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     action_spec = action_spec_of(ds.meta)
     norm = Normalizer.fit(ds, [int(i) for i in train_set.indices], action_start=ds.meta["action_space"].get("start", 0))
     model = make_world_model(cfg.model, slot_dims, action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers)
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    schedule = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=cfg.steps, eta_min=cfg.lr / 10)
-        if cfg.lr_schedule == "cosine"
-        else None
-    )
+    optim, schedule = make_optimizer(model, cfg)
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,

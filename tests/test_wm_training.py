@@ -14,7 +14,7 @@ from cwm_rl.checkpoint import CheckpointError, load_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides
 from cwm_rl.data import collect
 from cwm_rl.models.world_model import SlotModelConfig
-from cwm_rl.wm_training import WMTrainConfig, train_world_model
+from cwm_rl.wm_training import WMTrainConfig, make_optimizer, train_world_model
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +87,7 @@ def test_truncated_checkpoint_is_detected(pong_data, tmp_path):
         ({"steps": 0}, "steps=0 must be a positive integer"),
         ({"val_fraction": 1.5}, "val_fraction"),
         ({"lr": -1.0}, "lr=-1.0"),
+        ({"lr_schedule": "linear"}, "lr_schedule='linear' is not one of"),
     ],
 )
 def test_bad_config_values(pong_data, tmp_path, overrides, message):
@@ -167,3 +168,20 @@ def test_world_model_loss_masks_interventions_only_when_asked(pong_data):
     plain = world_model_loss(model, batch, norm, off, dims)[1]["prediction"]
     no_dims = world_model_loss(model, batch, norm, on)[1]["prediction"]
     assert masked.item() != pytest.approx(plain.item()) and no_dims.item() == pytest.approx(plain.item())
+
+
+@pytest.mark.parametrize("schedule, final_lr", [("constant", 1e-3), ("cosine", 1e-4)])
+def test_learning_rate_schedule(schedule, final_lr):
+    cfg = WMTrainConfig(lr=1e-3, steps=20, lr_schedule=schedule)
+    model = torch.nn.Linear(2, 2)
+    optim, sched = make_optimizer(model, cfg)
+    lrs = []
+    for _ in range(cfg.steps):
+        optim.step()
+        if sched is not None:
+            sched.step()
+        lrs.append(optim.param_groups[0]["lr"])
+    assert lrs[-1] == pytest.approx(final_lr)
+    if schedule == "cosine":  # decays monotonically, half-way at the middle
+        assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+        assert lrs[cfg.steps // 2 - 1] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
