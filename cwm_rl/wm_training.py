@@ -218,7 +218,9 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
         drop_last=len(train_set) > cfg.batch_size,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64))
+    # Its own generator: iterating a DataLoader without one draws a seed from torch's global RNG, which would make
+    # the training run (its Gumbel noise) depend on how often it is evaluated.
+    val_loader = DataLoader(val_set, batch_size=max(cfg.batch_size, 64), generator=torch.Generator())
     manifest = {"kind": "world_model", "env_id": ds.env_id, "model": cfg.model, "config": to_dict(cfg)}
     writer = _summary_writer(run)
 

@@ -185,3 +185,14 @@ def test_learning_rate_schedule(schedule, final_lr):
     if schedule == "cosine":  # decays monotonically, half-way at the middle
         assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
         assert lrs[cfg.steps // 2 - 1] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
+
+
+def test_evaluation_frequency_does_not_change_training(pong_data, tmp_path):
+    """Evaluating must not consume the training run's random numbers (hard gates sample Gumbel noise)."""
+    runs = {}
+    for every in (10, 30):
+        cfg = _cfg(pong_data, model="slot-ssm", eval_every=every)
+        train_world_model(cfg, tmp_path / f"every{every}", progress=False)
+        runs[every] = load_checkpoint(tmp_path / f"every{every}" / "checkpoint.pt")["model_state"]
+    for name, value in runs[10].items():
+        assert torch.equal(value, runs[30][name]), name
