@@ -123,8 +123,26 @@ class InterventionalPongEnv(CausalEnv):
         self._max_vy = 0.75 * self.ball_speed
         self._target_index = np.array([SLOTS.index(t) for t in self.intervention_targets])
         self._moves = np.array([0.0, self.paddle_max_step, -self.paddle_max_step])  # stay, up, down
+        self._c = self._constants()
+
+        graph = np.zeros((4, 5), dtype=bool)
+        graph[LP, [LP, BALL]] = True
+        graph[RP, [RP, ACTION]] = True
+        graph[BALL, [LP, RP, BALL]] = True
+        graph[SCORE, [BALL, SCORE]] = True
+        self._always = np.zeros((4, 5), dtype=bool)  # edges active in every transition (self, tracking, action)
+        self._always[[LP, LP, RP, RP, BALL, SCORE], [LP, BALL, RP, ACTION, BALL, SCORE]] = True
+        s, w = self.ball_speed, float(self.winning_score)
+        low = np.array([PADDLE_LO, PADDLE_LO, 0.0, 0.0, -s, -s, 0.0, 0.0])
+        high = np.array([PADDLE_HI, PADDLE_HI, SIZE, SIZE, s, s, w, w])
+        self._init_causal(
+            {"left_paddle": 1, "right_paddle": 1, "ball": 4, "score": 2}, graph, low, high, spaces.Discrete(3)
+        )
+
+    def _constants(self) -> SimpleNamespace:
+        """The dynamics' constants as 0-d float64 arrays, computed as the formulas wrote them."""
         r, m = self.ball_radius, self.paddle_max_step
-        constants = {  # the dynamics' constants as 0-d float64 arrays, computed as the formulas wrote them
+        constants = {
             "one": 1.0,
             "two": 2.0,
             "r": r,
@@ -147,21 +165,12 @@ class InterventionalPongEnv(CausalEnv):
             "intervention_prob": self.intervention_prob,
             "winning_score": float(self.winning_score),
         }
-        self._c = SimpleNamespace(**{k: np.array(v, dtype=np.float64) for k, v in constants.items()})
+        return SimpleNamespace(**{k: np.array(v, dtype=np.float64) for k, v in constants.items()})
 
-        graph = np.zeros((4, 5), dtype=bool)
-        graph[LP, [LP, BALL]] = True
-        graph[RP, [RP, ACTION]] = True
-        graph[BALL, [LP, RP, BALL]] = True
-        graph[SCORE, [BALL, SCORE]] = True
-        self._always = np.zeros((4, 5), dtype=bool)  # edges active in every transition (self, tracking, action)
-        self._always[[LP, LP, RP, RP, BALL, SCORE], [LP, BALL, RP, ACTION, BALL, SCORE]] = True
-        s, w = self.ball_speed, float(self.winning_score)
-        low = np.array([PADDLE_LO, PADDLE_LO, 0.0, 0.0, -s, -s, 0.0, 0.0])
-        high = np.array([PADDLE_HI, PADDLE_HI, SIZE, SIZE, s, s, w, w])
-        self._init_causal(
-            {"left_paddle": 1, "right_paddle": 1, "ball": 4, "score": 2}, graph, low, high, spaces.Discrete(3)
-        )
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        if "_c" not in self.__dict__:  # pickled (a resume snapshot) before the constants existed
+            self._c = self._constants()
 
     # ------------------------------------------------------------------ batched dynamics
     # State: one (B,) float64 array per observed value, in observation order (see KEYS).
