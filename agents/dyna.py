@@ -50,7 +50,7 @@ from cwm_rl.checkpoint import load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, apply_overrides, from_dict, to_dict
 from cwm_rl.envs.registration import spec_of
 from cwm_rl.errors import InvalidArgumentError
-from cwm_rl.models.world_model import SlotModelConfig
+from cwm_rl.models.world_model import SlotModelConfig, consuming_step
 from cwm_rl.wm_evaluation import Normalizer
 
 from .coda import coda_transitions
@@ -334,7 +334,7 @@ def imagine_rollouts(
             a_t = torch.as_tensor(action.reshape(n).astype(np.int64))
         else:
             a_t = torch.as_tensor(action.reshape(n, -1).astype(np.float32))
-        pred, state = model.step(state, norm.obs(x), norm.action(a_t))
+        pred, state = consuming_step(model)(state, norm.obs(x), norm.action(a_t))
         nxt = x + norm.unnormalize_delta(pred.delta)
         terminated = pred.termination_logit > 0
         keep = alive & torch.isfinite(nxt).all(-1) & torch.isfinite(pred.reward)

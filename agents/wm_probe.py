@@ -36,7 +36,7 @@ from torch import nn
 
 from cwm_rl.data import make_vector_env
 from cwm_rl.errors import InvalidArgumentError
-from cwm_rl.models.world_model import SlotModelConfig
+from cwm_rl.models.world_model import SlotModelConfig, consuming_step
 from cwm_rl.wm_evaluation import Normalizer
 
 from .base import torch_threads
@@ -233,7 +233,7 @@ def _imagined_rollout(
     for h in range(before_cut.shape[0]):
         seen = np.nan_to_num(x.numpy()).astype(np.float32)  # a diverged model must not crash the policy
         action = _action_tensor(policy_fn(seen), discrete, starts)
-        pred, state = model.step(state, norm.obs(x), norm.action(action))
+        pred, state = consuming_step(model)(state, norm.obs(x), norm.action(action))
         weight = running * torch.as_tensor(before_cut[h], dtype=torch.float32) * discount**h
         imagined += (pred.reward * weight).double()
         running = running * (1.0 - torch.sigmoid(pred.termination_logit))

@@ -15,6 +15,7 @@ from torch import nn
 
 from cwm_rl.causal import edge_frequency, graph_metrics
 from cwm_rl.data import TransitionWindows
+from cwm_rl.models.world_model import consuming_step
 
 _MIN_STD = 1e-6
 
@@ -163,7 +164,7 @@ def evaluate_open_loop(
         obs = batch["obs"][:, 0]
         for t in range(horizon):
             mask = batch["local_graph"][:, t] if oracle else None
-            pred, state = model.step(state, norm.obs(obs), norm.action(batch["action"][:, t]), mask)
+            pred, state = consuming_step(model)(state, norm.obs(obs), norm.action(batch["action"][:, t]), mask)
             obs = obs + norm.unnormalize_delta(pred.delta)
             if t + 1 in sums:
                 err = (norm.obs(obs) - norm.obs(batch["next_obs"][:, t])) ** 2  # (B, D)

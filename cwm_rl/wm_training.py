@@ -203,13 +203,14 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     torch.set_num_threads(cfg.threads)
     ds = TransitionWindows(cfg.data, cfg.window, env_id=cfg.env_id or None)  # bad data fails before any write
     cfg.env_id = ds.env_id
+    slot_dims = [s.stop - s.start for s in ds.slot_slices.values()]
+    action_spec = action_spec_of(ds.meta)
+    # a bad architecture (``--set slot.attention=...``) fails here, before any write
+    model = make_world_model(cfg.model, slot_dims, action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers)
     run.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run / "config.yaml")
     train_set, val_set = split_by_episode(ds, cfg.val_fraction, cfg.seed)
-    slot_dims = [s.stop - s.start for s in ds.slot_slices.values()]
-    action_spec = action_spec_of(ds.meta)
     norm = Normalizer.fit(ds, [int(i) for i in train_set.indices], action_start=ds.meta["action_space"].get("start", 0))
-    model = make_world_model(cfg.model, slot_dims, action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers)
     optim, schedule = make_optimizer(model, cfg)
     loader = DataLoader(
         train_set,

@@ -55,6 +55,8 @@ CLI_CASES = [
     (["wm-train", "--env", "cwm/Chemistry-v0", "--data", f"{D}/data", "--run-dir", f"{D}/new"], "holds data from"),
     (["wm-train", "--data", f"{D}/data", "--model", "lstm", "--run-dir", f"{D}/new"], "model='lstm' is not one"),
     (["wm-train", "--data", f"{D}/data", "--model", "mlp", "--run-dir", f"{D}/wm"], "already holds a run"),
+    (["wm-train", "--data", f"{D}/data", "--set", "slot.attention=l1", "--run-dir", f"{D}/new"], "attention kind 'l1'"),
+    (["wm-train", "--data", f"{D}/data", "--set", "slot.gate_penalty=l2", "--run-dir", f"{D}/new"], "gate penalty"),
     (["wm-eval", f"{D}/no/such/run"], "does not exist"),
     (["wm-eval", f"{D}/done"], "is an agent run"),
     (["wm-eval", f"{D}/wm", "--data", f"{D}/empty"], "not a cwm-rl dataset"),
@@ -68,6 +70,7 @@ CLI_CASES = [
     (["train", "--env", "cwm/Chemistry-v0", "--set", "mpc.planner.horizon=0", "--run-dir", f"{D}/new"], "horizon"),
     (["train", "--env", "cwm/Chemistry-v0", "--set", "eval_episodes=1.5", "--run-dir", f"{D}/new"], "an integer"),
     (["train", "--env", "cwm/Chemistry-v0", "--set", "seed=-1", "--run-dir", f"{D}/new"], "seed=-1 must be >= 0"),
+    (["train", "--env", "cwm/Chemistry-v0", "--set", "mpc.slot.graph_readout=max", "--run-dir", f"{D}/new"], "'max'"),
     (
         ["train", "--env", "cwm/Chemistry-v0", "--agent", "ppo", "--set", "sb3_kwargs={learning_rat: 0.1}"]
         + ["--run-dir", f"{D}/new"],

@@ -17,6 +17,10 @@ one, so an L1 penalty on them is a constant. Hence three kinds, selected by ``ki
   (mean gate probability). The gate multiplies its edge's softmax weight *after* the softmax (no
   renormalisation over the open parents), so a lone open edge still gets a gradient; see :meth:`_hard_messages`.
 
+For the gated kinds ``gate_penalty="logit"`` replaces the mean gate probability by the mean ``-log(1 - p)``
+(``softplus`` of the edge logit), whose gradient does not vanish on a saturated open gate
+(:class:`~cwm_rl.models.world_model.SlotModelConfig` has the measurements).
+
 A gated model can pass information *through the gate itself*: a gate that closes exactly when the action is
 "no-op" tells the child "the action was no-op" without any message. For the action column of ``"hard"`` gates,
 ``resample_closed_action`` (default on) therefore gives a closed action edge another sample's action in place of
@@ -46,7 +50,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from cwm_rl.errors import InvalidArgumentError
+
 KINDS = ("softmax", "sigmoid", "hard")
+GATE_PENALTIES = ("prob", "logit")
 EDGE_MODES = ("native", "learned", "soft")
 
 
@@ -71,6 +78,7 @@ class SlotCrossAttention(nn.Module):
         gate_init: initial edge logit of gated kinds. Positive (default 3.0, p = 0.95) starts dense and lets the
             sparsity penalty prune: measured on Interventional Pong, gates that start at p = 0.5 drop half the
             parents at random from the first step and the model learned 2.6x worse predictions in 600 steps.
+        gate_penalty: ``"prob"`` or ``"logit"`` (gated kinds; see the module docstring).
         resample_closed_action: ``"hard"`` only: a closed action edge carries another sample's action (see the
             module docstring). Measured on Interventional Pong (one layer, sparsity 0.02, 600 steps): the
             action -> right paddle edge scored 0.68 without it (closed for no-op) and 1.0 with it; F1 0.83 -> 0.90.
@@ -85,12 +93,16 @@ class SlotCrossAttention(nn.Module):
         threshold: float | None = None,
         gate_init: float = 3.0,
         resample_closed_action: bool = True,
+        gate_penalty: str = "prob",
     ) -> None:
         super().__init__()
         if kind not in KINDS:
-            raise ValueError(f"attention kind {kind!r} is not one of {KINDS}")
+            raise InvalidArgumentError(f"attention kind {kind!r} is not one of {KINDS}")
+        if gate_penalty not in GATE_PENALTIES:
+            raise InvalidArgumentError(f"gate penalty {gate_penalty!r} is not one of {GATE_PENALTIES}")
+        self.gate_penalty = gate_penalty
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+            raise InvalidArgumentError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.kind = kind
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
@@ -159,7 +171,11 @@ class SlotCrossAttention(nn.Module):
                 gates = gates * mask.to(gates.dtype)
                 probs = probs * mask.to(probs.dtype)
             scores = probs
-            penalty = probs.mean()
+            if getattr(self, "gate_penalty", "prob") == "logit":
+                open_cost = nn.functional.softplus(edge_logits)  # -log(1 - p): its gradient p never vanishes
+                penalty = (open_cost if mask is None else open_cost * mask.to(open_cost.dtype)).mean()
+            else:
+                penalty = probs.mean()
             g = gates.unsqueeze(-3)  # (..., 1, n, m), shared by the heads
             if self.kind == "hard":
                 messages = self._hard_messages(q, k, v, logits, g, mask)
@@ -227,7 +243,7 @@ def edge_mode(model: nn.Module, mode: str) -> Iterator[None]:
     """Run a block with every :class:`SlotCrossAttention` of ``model`` in ``mode`` (one of :data:`EDGE_MODES`;
     it acts outside training only), then restore each one's previous mode. Models without one are unaffected."""
     if mode not in EDGE_MODES:
-        raise ValueError(f"edge mode {mode!r} is not one of {EDGE_MODES}")
+        raise InvalidArgumentError(f"edge mode {mode!r} is not one of {EDGE_MODES}")
     layers = [m for m in model.modules() if isinstance(m, SlotCrossAttention)]
     before = [layer.edge_mode for layer in layers]
     for layer in layers:
@@ -266,6 +282,7 @@ def sparsity_penalty(penalties: list[torch.Tensor]) -> torch.Tensor:
 
 __all__ = [
     "EDGE_MODES",
+    "GATE_PENALTIES",
     "KINDS",
     "AttentionOutput",
     "SlotCrossAttention",

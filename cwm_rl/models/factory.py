@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.mlp import DenseMLPModel
 from cwm_rl.models.world_model import SlotModelConfig, SlotWorldModel
 
@@ -37,4 +38,4 @@ def make_world_model(
         return SlotWorldModel(slot_dims, action_spec, dataclasses.replace(cfg, temporal="ssm"), ground_truth_mask=True)
     if kind == "mlp":
         return DenseMLPModel(sum(slot_dims), action_spec, hidden=mlp_hidden, n_layers=mlp_layers)
-    raise ValueError(f"unknown world model {kind!r}; choose one of {MODEL_KINDS}")
+    raise InvalidArgumentError(f"unknown world model {kind!r}; choose one of {MODEL_KINDS}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.world_model import Prediction, check_inputs
 
 
@@ -28,7 +29,7 @@ class DenseMLPModel(nn.Module):
         self.obs_dim = obs_dim
         self.action_kind, self.action_size = action_spec
         if self.action_kind not in ("discrete", "continuous"):
-            raise ValueError(f"action kind {self.action_kind!r} is not 'discrete' or 'continuous'")
+            raise InvalidArgumentError(f"action kind {self.action_kind!r} is not 'discrete' or 'continuous'")
         layers: list[nn.Module] = []
         width = obs_dim + self.action_size
         for _ in range(n_layers):

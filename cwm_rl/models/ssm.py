@@ -176,7 +176,9 @@ def _conv_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of :func:`_causal_conv`: ``x_t (B, D)`` and the window ``(B, W-1, D)`` -> ``(B, D)``, new window."""
     window = torch.cat([conv_state.to(x_t.dtype), x_t.unsqueeze(1)], dim=1)  # (B, W, D)
-    y = torch.einsum("bwd,dw->bd", window, weight.squeeze(1))
+    # Multiply and sum, not einsum: einsum returned a (D, B)-strided view, and every later op of the step (the
+    # state update most of all) ran on transposed operands; this form is contiguous and measured 1.7x faster itself.
+    y = (window * weight.squeeze(1).t()).sum(1)
     if bias is not None:
         y = y + bias
     return y, window[:, 1:]
@@ -312,14 +314,23 @@ def ssd_chunked_scan(
 
 
 def _ssd_step(
-    state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor, C_t: torch.Tensor
+    state: torch.Tensor,
+    x_t: torch.Tensor,
+    dt_t: torch.Tensor,
+    A: torch.Tensor,
+    B_t: torch.Tensor,
+    C_t: torch.Tensor,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the Mamba-2 recurrence: ``state (b,h,p,n)``, ``x_t (b,h,p)``, ``dt_t (b,h)``, ``B_t/C_t (b,g,n)``."""
+    """One step of the Mamba-2 recurrence: ``state (b,h,p,n)``, ``x_t (b,h,p)``, ``dt_t (b,h)``, ``B_t/C_t (b,g,n)``.
+
+    ``inplace`` overwrites ``state`` (see :meth:`Mamba2Block.step`)."""
     h = x_t.shape[1]
     Bh, Ch = _heads_of_groups(B_t, h), _heads_of_groups(C_t, h)  # (b, h, n)
-    # One new tensor, updated in place by a fused multiply-add: the broadcast outer product plus a separate add
-    # measured 2-5x slower at imagination batch sizes (2,048 slot sequences) on CPU.
-    state = state * torch.exp(dt_t * A)[..., None, None]
+    # At most one new tensor, updated in place by a fused multiply-add: the broadcast outer product plus a separate
+    # add measured 2-5x slower at imagination batch sizes (2,048 slot sequences) on CPU.
+    decay = torch.exp(dt_t * A)[..., None, None]
+    state = state.mul_(decay) if inplace else state * decay
     state.addcmul_((dt_t.unsqueeze(-1) * x_t).unsqueeze(-1), Bh.unsqueeze(-2))
     return (state @ Ch.unsqueeze(-1)).squeeze(-1), state
 
@@ -555,10 +566,19 @@ def selective_scan_recurrent(
 
 
 def _selective_step(
-    state: torch.Tensor, x_t: torch.Tensor, dt_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor, C_t: torch.Tensor
+    state: torch.Tensor,
+    x_t: torch.Tensor,
+    dt_t: torch.Tensor,
+    A: torch.Tensor,
+    B_t: torch.Tensor,
+    C_t: torch.Tensor,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Mamba-1 step: ``state (b,d,n)``, ``x_t/dt_t (b,d)``, ``A (d,n)``, ``B_t/C_t (b,n)``."""
-    state = torch.exp(dt_t.unsqueeze(-1) * A) * state + (dt_t * x_t).unsqueeze(-1) * B_t.unsqueeze(1)
+    """One Mamba-1 step: ``state (b,d,n)``, ``x_t/dt_t (b,d)``, ``A (d,n)``, ``B_t/C_t (b,n)``; ``inplace``
+    overwrites ``state``."""
+    decay = torch.exp(dt_t.unsqueeze(-1) * A)
+    state = state.mul_(decay) if inplace else state * decay
+    state.addcmul_((dt_t * x_t).unsqueeze(-1), B_t.unsqueeze(1))
     return (state @ C_t.unsqueeze(-1)).squeeze(-1), state
 
 
@@ -816,8 +836,13 @@ class Mamba2Block(_MambaBase):
         )
         return y, final
 
-    def step(self, x_t: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
-        """One time step ``x_t (B, d_model)`` -> ``(y_t (B, d_model), new_state)``; constant cost per step."""
+    def step(self, x_t: torch.Tensor, state: SSMState, *, inplace: bool = False) -> tuple[torch.Tensor, SSMState]:
+        """One time step ``x_t (B, d_model)`` -> ``(y_t (B, d_model), new_state)``; constant cost per step.
+
+        ``inplace=True`` updates ``state.ssm`` in place and returns it as the new state's: the caller gives the old
+        state up (imagination does, see :meth:`SlotWorldModel.step_`). It saves allocating a fresh state per step,
+        8 MB at a planning batch of 512 Pong rollouts, which cost more than the update itself on CPU.
+        """
         self._check_input(x_t, 2)
         self._check_state(state, x_t.shape[0])
         z0, x0, z, xbc, dt_raw = self._split_proj(self.in_proj(x_t))
@@ -825,7 +850,13 @@ class Mamba2Block(_MambaBase):
         xs, B, C = self._split_xbc(F.silu(xbc))
         dtype = _compute_dtype(state.ssm)
         y, ssm = _ssd_step(
-            state.ssm.to(dtype), xs.to(dtype), self._dt(dt_raw).to(dtype), self._A().to(dtype), B.to(dtype), C.to(dtype)
+            state.ssm.to(dtype),
+            xs.to(dtype),
+            self._dt(dt_raw).to(dtype),
+            self._A().to(dtype),
+            B.to(dtype),
+            C.to(dtype),
+            inplace,
         )
         y = y + xs.to(dtype) * self._D()
         return self._output(y.flatten(-2), z, z0, x0), SSMState(window, ssm)
@@ -988,8 +1019,9 @@ class Mamba1Block(_MambaBase):
         )
         return y.transpose(1, 2), final
 
-    def step(self, x_t: torch.Tensor, state: SSMState) -> tuple[torch.Tensor, SSMState]:
-        """One time step ``x_t (B, d_model)`` -> ``(y_t (B, d_model), new_state)``; constant cost per step."""
+    def step(self, x_t: torch.Tensor, state: SSMState, *, inplace: bool = False) -> tuple[torch.Tensor, SSMState]:
+        """One time step ``x_t (B, d_model)`` -> ``(y_t (B, d_model), new_state)``; constant cost per step
+        (``inplace``: as :meth:`Mamba2Block.step`)."""
         self._check_input(x_t, 2)
         self._check_state(state, x_t.shape[0])
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)
@@ -998,7 +1030,13 @@ class Mamba1Block(_MambaBase):
         dt_raw, B, C = self._x_dbl(xs)
         dtype = _compute_dtype(state.ssm)
         y, ssm = _selective_step(
-            state.ssm.to(dtype), xs.to(dtype), self._dt(dt_raw).to(dtype), self._A().to(dtype), B.to(dtype), C.to(dtype)
+            state.ssm.to(dtype),
+            xs.to(dtype),
+            self._dt(dt_raw).to(dtype),
+            self._A().to(dtype),
+            B.to(dtype),
+            C.to(dtype),
+            inplace,
         )
         y = (y + xs.to(dtype) * self.D) * F.silu(z.to(dtype))
         return self.out_proj(y.to(x_t.dtype)), SSMState(window, ssm)

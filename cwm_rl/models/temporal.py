@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cwm_rl.errors import InvalidArgumentError
+
 
 class KVCache(NamedTuple):
     """Keys and values seen so far, ``(B, H, t, d_head)`` each, and the next position."""
@@ -56,7 +58,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int = 4, ffn_hidden: int = 0) -> None:
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+            raise InvalidArgumentError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
@@ -93,8 +95,12 @@ class CausalSelfAttention(nn.Module):
         empty = torch.zeros(batch, self.n_heads, 0, self.d_head, device=device, dtype=dtype)
         return KVCache(empty, empty.clone(), 0)
 
-    def step(self, x_t: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """One time step ``x_t (B, d)``: attend to the cache plus itself, return the output and the grown cache."""
+    def step(self, x_t: torch.Tensor, state: KVCache, *, inplace: bool = False) -> tuple[torch.Tensor, KVCache]:
+        """One time step ``x_t (B, d)``: attend to the cache plus itself, return the output and the grown cache.
+
+        ``inplace`` is accepted for the SSM's interface and changes nothing: a growing cache is a new tensor anyway.
+        """
+        del inplace
         q, k, v = self._split(x_t.unsqueeze(1))
         position = torch.tensor([state.pos], device=x_t.device)
         q, k = _rope(q, position), _rope(k, position)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cwm_rl.models.world_model import consuming_step
 from cwm_rl.wm_evaluation import Normalizer
 
 
@@ -66,10 +67,11 @@ class Imagination:
         flat = actions.reshape(batch * population, horizon, *actions.shape[3:])
         x = obs_t.repeat_interleave(population, dim=0)
         state = self.model.initial_state(x.shape[0])
+        step = consuming_step(self.model)  # each state is dropped after the next step
         alive = torch.ones(x.shape[0])
         out_obs, rewards, conts, scores = [], [], [], []
         for h in range(horizon):
-            pred, state = self.model.step(state, self.norm.obs(x), self.norm.action(flat[:, h]))
+            pred, state = step(state, self.norm.obs(x), self.norm.action(flat[:, h]))
             x = x + self.norm.unnormalize_delta(pred.delta)
             alive = alive * (1.0 - torch.sigmoid(pred.termination_logit))
             out_obs.append(x)

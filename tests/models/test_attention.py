@@ -204,7 +204,37 @@ def test_hard_gates_train_with_straight_through_gradients():
     assert attn.edge_bias.grad is not None and attn.edge_bias.grad.abs() > 0
 
 
+@pytest.mark.parametrize("kind", ["sigmoid", "hard"])
+def test_gate_penalty_forms(kind):
+    """``prob``: mean gate probability; ``logit``: mean ``-log(1 - p)``, whose gradient does not vanish on a
+    saturated open gate; a masked (oracle) edge costs nothing in either."""
+    slots, action = _inputs()
+    attn = {form: SlotCrossAttention(D, kind=kind, gate_penalty=form) for form in ("prob", "logit")}
+    torch.manual_seed(0)
+    attn["logit"].load_state_dict(attn["prob"].state_dict())
+    for layer in attn.values():
+        torch.nn.init.zeros_(layer.edge_q.weight)  # every edge logit equals the bias
+        torch.nn.init.zeros_(layer.edge_q.bias)
+        torch.nn.init.constant_(layer.edge_bias, 6.0)  # p = 0.9975: saturated
+    out = {form: layer(slots, action) for form, layer in attn.items()}
+    assert out["prob"].penalty.item() == pytest.approx(torch.sigmoid(torch.tensor(6.0)).item(), rel=1e-6)
+    assert out["logit"].penalty.item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(6.0)).item())
+    grads = {}
+    for form, layer in attn.items():
+        layer(slots, action).penalty.backward()
+        grads[form] = layer.edge_bias.grad.item()
+    assert grads["prob"] == pytest.approx(0.0025, abs=1e-4)  # p (1 - p): almost no push
+    assert grads["logit"] == pytest.approx(0.9975, abs=1e-4)  # p: a full push
+    mask = torch.zeros(B, N, N + 1, dtype=torch.bool)
+    mask[:, :, 0] = True
+    for form, layer in attn.items():
+        masked = layer(slots, action, mask).penalty.item()
+        assert masked == pytest.approx(out[form].penalty.item() / (N + 1), rel=1e-5)
+
+
 def test_bad_configuration():
+    with pytest.raises(ValueError, match="gate penalty"):
+        SlotCrossAttention(D, gate_penalty="l2")
     with pytest.raises(ValueError, match="kind"):
         SlotCrossAttention(D, kind="sparsemax")
     with pytest.raises(ValueError, match="divisible"):

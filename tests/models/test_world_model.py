@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cwm_rl.models.world_model import SlotModelConfig, SlotWorldModel
+from cwm_rl.models.world_model import SlotModelConfig, SlotWorldModel, consuming_step
 
 SLOTS = (1, 1, 4, 2)  # Interventional Pong's slot widths
 B, T = 3, 6
@@ -53,6 +53,29 @@ def test_step_by_step_equals_forward(temporal, attention, action):
         torch.testing.assert_close(pred.delta, full.delta[:, t], atol=1e-8, rtol=1e-8)
         torch.testing.assert_close(pred.reward, full.reward[:, t], atol=1e-8, rtol=1e-8)
         torch.testing.assert_close(pred.scores, full.scores[:, t], atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("temporal, ssm_kind", [("ssm", "mamba2"), ("ssm", "mamba1"), ("attention", None)])
+def test_consuming_step_matches_step_and_reuses_the_state(temporal, ssm_kind):
+    """``step_`` gives ``step``'s numbers; for the SSM it writes the new state into the old state's memory."""
+    torch.manual_seed(0)
+    cfg = SlotModelConfig(d_model=16, n_heads=2, temporal=temporal, ssm_kwargs={"kind": ssm_kind} if ssm_kind else None)
+    model = SlotWorldModel(SLOTS, ("discrete", 3), cfg).eval()
+    assert consuming_step(model) == model.step_
+    obs, act = _data()
+    kept, consumed = model.initial_state(B), model.initial_state(B)
+    with torch.no_grad():
+        for t in range(T):
+            before = consumed
+            ref, kept = model.step(kept, obs[:, t], act[:, t])
+            pred, consumed = model.step_(consumed, obs[:, t], act[:, t])
+            torch.testing.assert_close(pred.delta, ref.delta, atol=1e-6, rtol=1e-6)
+            torch.testing.assert_close(pred.scores, ref.scores)
+            if temporal == "ssm":
+                assert consumed[0].ssm.data_ptr() == before[0].ssm.data_ptr()  # no new state tensor
+                torch.testing.assert_close(before[0].ssm, consumed[0].ssm)  # the old one was overwritten
+    stand_in = type("StandIn", (), {"step": lambda self, *a: None})()  # a contract model without step_
+    assert consuming_step(stand_in) == stand_in.step
 
 
 def test_continuous_actions_and_gradients():
