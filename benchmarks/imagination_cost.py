@@ -31,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json  # noqa: E402
 from wm_throughput import MODELS, build  # noqa: E402
 
+from cwm_rl.models.world_model import consuming_step  # noqa: E402
+
 
 @torch.no_grad()
 def step_times(model: torch.nn.Module, batch: int, horizon: int, seed: int) -> list[float]:
@@ -38,11 +40,12 @@ def step_times(model: torch.nn.Module, batch: int, horizon: int, seed: int) -> l
     g = torch.Generator().manual_seed(seed)
     obs = torch.randn(batch, model.obs_dim, generator=g)
     state = model.initial_state(batch)
+    step = consuming_step(model)  # the path imagination takes (the SSM updates its state in place)
     times = []
     for _ in range(horizon):
         action = torch.randint(0, model.action_size, (batch,), generator=g)
         start = time.perf_counter()
-        pred, state = model.step(state, obs, action)
+        pred, state = step(state, obs, action)
         times.append(time.perf_counter() - start)
         obs = obs + pred.delta
     return times

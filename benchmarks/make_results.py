@@ -34,15 +34,15 @@ def _machine(m: dict) -> str:
     )
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 3) -> str:
     import statistics
 
     values = [v for v in values if v == v]  # drop NaN
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def _comparison_section(comparison: dict) -> list[str]:
@@ -54,7 +54,15 @@ def _comparison_section(comparison: dict) -> list[str]:
         f"gradient steps listed per env, d_model {cfg['d_model']}, mean ± std over the seeds listed per env, on "
         f"{_machine(comparison['machine'])}. *Sparse* = sparsity weight "
         f"{cfg['defaults']['sparsity_weight']} on the cross-slot attention ({cfg['defaults']['slot']['attention']} "
-        f"gates, {cfg['defaults']['slot']['n_layers']} layer(s)), *dense* = 0. Intervened slots "
+        f"gates, {cfg['defaults']['slot']['n_layers']} layer(s), initial gate logit "
+        f"{cfg['defaults']['slot'].get('gate_init', 3.0)}), *dense* = 0. "
+        + (
+            f"{cfg['jobs']} runs at a time, {cfg['threads']} torch thread(s) each; *wall s* is one run's training "
+            "and evaluation. "
+            if "jobs" in cfg
+            else ""
+        )
+        + "Intervened slots "
         + (
             "left out of the prediction loss (`mask_interventions`). "
             if cfg["defaults"].get("mask_interventions", False)
@@ -78,6 +86,7 @@ def _comparison_section(comparison: dict) -> list[str]:
         ("ood", "open_loop_mse_10", "OOD open-loop 10"),
         ("ood", "shd", "OOD SHD"),
         ("ood", "f1", "OOD F1"),
+        (None, "wall_time_s", "wall s"),
     ]
     envs = list(dict.fromkeys(r["env_id"] for r in comparison["runs"]))
     for env_id in envs:
@@ -92,8 +101,18 @@ def _comparison_section(comparison: dict) -> list[str]:
         variants = list(dict.fromkeys(r["variant"] for r in comparison["runs"] if r["env_id"] == env_id))
         for variant in variants:
             rows = [r for r in comparison["runs"] if r["env_id"] == env_id and r["variant"] == variant]
-            cells = [_mean_std([r.get(part, {}).get(key, float("nan")) for r in rows]) for part, key, _ in cols]
+            cells = [
+                _mean_std([(r.get(part, {}) if part else r).get(key, float("nan")) for r in rows], 3 if part else 0)
+                for part, key, _ in cols
+            ]
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        sparse = sorted(
+            (r for r in comparison["runs"] if r["env_id"] == env_id and r["variant"] == "slot-ssm (sparse)"),
+            key=lambda r: r["seed"],
+        )
+        if sparse:
+            per_seed = ", ".join(f"seed {r['seed']} {r['in_distribution'].get('f1', float('nan')):.3f}" for r in sparse)
+            lines += ["", f"Slot SSM (sparse), graph F1 per seed: {per_seed}."]
         lines.append("")
     return lines
 

@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json  # noqa: E402
 
 from cwm_rl.data import collect  # noqa: E402
-from cwm_rl.models.world_model import SlotModelConfig  # noqa: E402
 from cwm_rl.wm_evaluation import SUMMARY_KEYS  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, evaluate_run, train_world_model  # noqa: E402
 
@@ -116,7 +115,7 @@ def _run(task: tuple[str, str, int, int, str, str, int, int]) -> dict:
         eval_every=steps,
         sparsity_weight=sparsity,
         threads=threads,
-        slot=SlotModelConfig(d_model=d_model),
+        slot=dataclasses.replace(WMTrainConfig().slot, d_model=d_model),  # wm-train's architecture
     )
     run_dir = Path(tmp) / f"{Path(data).name}-{model}-{sparsity}-{seed}"
     start = time.perf_counter()

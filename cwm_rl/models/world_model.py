@@ -101,6 +101,7 @@ class SlotModelConfig:
         ssm_kwargs: extra arguments of the SSM block (``d_state``, ``expand``, ...).
         resample_closed_action: ``"hard"`` gates only: a closed action edge carries another sample's action, so
             a gate cannot say "the action was no-op" by closing (:class:`SlotCrossAttention`).
+        gate_init: initial edge logit of the gated kinds (:class:`SlotCrossAttention`); ``wm-train`` uses 1.0.
         gate_penalty: ``"sigmoid"`` and ``"hard"`` gates: the form of the sparsity penalty. ``"prob"`` (default),
             the mean gate probability (the expected share of open edges); ``"logit"``, the mean ``-log(1 - p)``,
             whose gradient ``p`` keeps pushing a gate that is confidently open where ``"prob"``'s ``p (1 - p)``
@@ -123,6 +124,7 @@ class SlotModelConfig:
     temporal_ffn: int = -1
     resample_closed_action: bool = True
     gate_penalty: str = "prob"
+    gate_init: float = 3.0
 
 
 class _Block(nn.Module):
@@ -140,6 +142,7 @@ class _Block(nn.Module):
             kind=cfg.attention,
             resample_closed_action=cfg.resample_closed_action,
             gate_penalty=getattr(cfg, "gate_penalty", "prob"),
+            gate_init=getattr(cfg, "gate_init", 3.0),
         )
         self.norm_m = nn.LayerNorm(d)
         hidden = int(cfg.mlp_ratio * d)

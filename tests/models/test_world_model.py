@@ -106,6 +106,14 @@ def test_oracle_needs_and_uses_the_mask():
     assert not torch.allclose(out.delta[..., 2:6], base.delta[..., 2:6])
 
 
+def test_gate_options_reach_every_layer():
+    cfg = SlotModelConfig(d_model=16, n_layers=2, n_heads=2, gate_init=1.0, gate_penalty="logit")
+    model = SlotWorldModel(SLOTS, ("discrete", 3), cfg)
+    for block in model.blocks:
+        assert block.cross.edge_bias.item() == 1.0 and block.cross.gate_penalty == "logit"
+    assert SlotWorldModel(SLOTS, ("discrete", 3)).blocks[0].cross.edge_bias.item() == 3.0  # the class default
+
+
 def test_bad_configuration():
     with pytest.raises(ValueError, match="graph_readout"):
         SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(graph_readout="max"))
