@@ -151,6 +151,24 @@ def global_graph(local_graphs, *, min_frequency: float = 0.0) -> np.ndarray:
     return edge_frequency(_as_numpy(local_graphs)) > min_frequency
 
 
+GLOBAL_MIN_FREQUENCY = 0.01
+
+
+def global_graph_metrics(pred, true, *, min_frequency: float = GLOBAL_MIN_FREQUENCY) -> dict[str, float]:
+    """Recovery of the *global* graph: the local graphs ``(T, n, n+1)`` of each side aggregated with
+    :func:`global_graph` (an edge is in it when active in more than ``min_frequency`` of the transitions), then
+    compared once, headline convention. ``global_shd`` counts wrong edges of that one graph; ``global_f1`` etc.
+
+    The default 1% keeps a handful of stray per-transition errors from adding an edge (with 0, the union, one false
+    edge in thousands of transitions would); edges rarer than that are not resolved at this level.
+    """
+    pred_g = global_graph(pred, min_frequency=min_frequency)
+    true_g = global_graph(true, min_frequency=min_frequency)
+    out = {"global_shd": shd(pred_g, true_g, **HEADLINE)}
+    out.update({f"global_{k}": v for k, v in precision_recall_f1(pred_g, true_g, **HEADLINE).items()})
+    return out
+
+
 def graph_metrics(pred, true, scores=None) -> dict[str, float]:
     """Every local-graph recovery number, headline first, with the ``_with_self`` and ``_no_action`` variants.
 

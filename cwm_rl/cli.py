@@ -253,9 +253,14 @@ def _cmd_wm_eval(args: argparse.Namespace) -> int:
     print(f"{results['model']} on {results['env_id']} (step {results['step']})")
     parts = [p for p in ("in_distribution", "ood") if p in results]
     print(f"{'metric':<20}" + "".join(f"{p:>18}" for p in parts))
-    for k in SUMMARY_KEYS:
+    for k in (*SUMMARY_KEYS, "global_shd", "global_f1"):
         if k in results["in_distribution"]:
             print(f"{k:<20}" + "".join(f"{results[p].get(k, float('nan')):>18.4f}" for p in parts))
+    if "edge_frequency" in results["in_distribution"]:
+        print(
+            "global graphs (learned vs true edge frequencies, rows = children): --json, keys edge_frequency and "
+            "true_edge_frequency"
+        )
     return 0
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cwm_rl.causal import edge_frequency, graph_metrics
+from cwm_rl.causal import edge_frequency, global_graph_metrics, graph_metrics
 from cwm_rl.data import TransitionWindows
 from cwm_rl.models.world_model import consuming_step
 
@@ -130,6 +130,9 @@ def evaluate_teacher_forced(
         s, t = torch.cat(scores), torch.cat(truths)
         pred_graph = model.local_graph(s)
         out.update(graph_metrics(pred_graph, t, s))
+        out.update(global_graph_metrics(pred_graph, t))
+        out["edge_frequency"] = np.round(edge_frequency(pred_graph.numpy()), 4).tolist()  # the learned global graph
+        out["true_edge_frequency"] = np.round(edge_frequency(t.numpy()), 4).tolist()
         out["_mean_scores"] = s.mean(0).numpy()
         out["_true_frequency"] = edge_frequency(t.numpy())
     return out

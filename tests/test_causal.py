@@ -14,6 +14,7 @@ from cwm_rl.causal import (
     edge_mask,
     format_graph,
     global_graph,
+    global_graph_metrics,
     graph_metrics,
     precision_recall_f1,
     shd,
@@ -74,6 +75,20 @@ def test_global_graph_and_frequency():
     assert freq[0, 1] == 0.25 and freq[1, 0] == 0.75 and freq[0, 0] == 1.0
     assert global_graph(stack).tolist() == (TRUE | PRED).tolist()
     assert global_graph(stack, min_frequency=0.5).tolist() == TRUE.tolist()
+
+
+def test_global_graph_metrics_ignore_rare_stray_edges():
+    # 200 transitions: the model's extra edge a <- b appears once (0.5%), its missing edge b <- a is missing in 150.
+    true = np.stack([TRUE] * 200)
+    pred = true.copy()
+    pred[0, 0, 1] = True
+    pred[:150, 1, 0] = False
+    m = global_graph_metrics(pred, true)  # 1%: the stray edge is out, b <- a (25% of transitions) is in
+    assert m == pytest.approx({"global_shd": 0.0, "global_precision": 1.0, "global_recall": 1.0, "global_f1": 1.0})
+    union = global_graph_metrics(pred, true, min_frequency=0.0)  # the union counts the single stray edge
+    assert union["global_shd"] == 1.0 and union["global_precision"] == pytest.approx(2 / 3)
+    pred[150:, 1, 0] = False  # now never predicted: a missing global edge
+    assert global_graph_metrics(pred, true)["global_recall"] == 0.5  # 1 of the 2 non-self edges
 
 
 def test_shape_errors_and_format():
