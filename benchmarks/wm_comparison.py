@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in args.seeds:
                     steps = env_steps.get(env_id, args.steps)
                     tasks.append((env_id, variant, seed, steps, str(data), tmp, args.d_model, threads))
-        if args.jobs > 1:  # each run in its own process, one torch thread each
+        if args.jobs > 1:  # each run in its own process, `threads` torch threads each
             with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
                 runs = list(pool.map(_run, tasks))
         else:

@@ -141,8 +141,8 @@ class _Block(nn.Module):
             cfg.n_heads,
             kind=cfg.attention,
             resample_closed_action=cfg.resample_closed_action,
-            gate_penalty=getattr(cfg, "gate_penalty", "prob"),
-            gate_init=getattr(cfg, "gate_init", 3.0),
+            gate_penalty=cfg.gate_penalty,
+            gate_init=cfg.gate_init,
         )
         self.norm_m = nn.LayerNorm(d)
         hidden = int(cfg.mlp_ratio * d)
