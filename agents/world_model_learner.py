@@ -184,12 +184,19 @@ class WorldModelLearner:
         """``updates`` gradient steps on random windows of ``buffer``; returns the mean of each loss part.
 
         The first call fixes the normaliser from every transition in ``buffer`` (the seed data), so the model's
-        inputs do not drift as the agent's data distribution changes. Gradients are clipped at norm 1.
+        inputs do not drift as the agent's data distribution changes. Dimensions that never changed in the seed
+        data are held fixed in imagination until the buffer shows them change
+        (:meth:`~cwm_rl.wm_evaluation.Normalizer.release_fixed`). Gradients are clipped at norm 1.
         """
         cfg = self.config
         if self.norm is None:
             data = buffer.arrays()
             self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.layout.action_start)
+        elif self.norm.delta_fixed is not None and bool(self.norm.delta_fixed.any()):
+            data = buffer.arrays()
+            for dim in self.norm.release_fixed(data["obs"], data["next_obs"]):
+                if self.log is not None:
+                    self.log(f"world_model/released_fixed_dim_{dim}", 1.0)
         loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
         slot_dims = self.layout.slot_dims
         self.model.train()

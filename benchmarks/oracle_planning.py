@@ -11,7 +11,10 @@ candidate's return is a sample; the variants differ in how it is sampled:
 
 * ``independent, 1 sample``: each candidate gets its own noise (what a stochastic simulator gives by default);
 * ``common noise, 1 / 4 samples``: all candidates of one env share the same noise draws (common random numbers),
-  and the return is averaged over 1 or 4 draws.
+  and the return is averaged over 1 or 4 draws;
+* ``mechanism only``: the dynamics without interventions and with the paddles' noise at its mean (0), one draw
+  (only a serve after a point is still random, shared by the candidates): what a perfect deterministic world model
+  trained with ``mask_interventions`` predicts, so the ceiling of MPC with the agents' kind of model.
 
 Reference policies under the same protocol: uniformly random actions, and a hand-written rule that moves the
 paddle towards the ball's height. Returns are complete episodes (first to 5 points) in ``--steps`` vector steps.
@@ -33,19 +36,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json  # noqa: E402
 
 from cwm_rl.data import make_vector_env  # noqa: E402
+from cwm_rl.envs import pong  # noqa: E402
 from cwm_rl.planning import PlannerConfig, make_planner  # noqa: E402
 
 ENV_ID = "cwm/InterventionalPong-v0"
 N_ENVS = 8
-VARIANTS = {  # name: (common noise, samples per candidate)
-    "independent, 1 sample": (False, 1),
-    "common noise, 1 sample": (True, 1),
-    "common noise, 4 samples": (True, 4),
+VARIANTS = {  # name: (common noise, samples per candidate, mechanism only)
+    "independent, 1 sample": (False, 1, False),
+    "common noise, 1 sample": (True, 1, False),
+    "common noise, 4 samples": (True, 4, False),
+    "mechanism only": (True, 1, True),
 }
 
 
-def true_returns(venv, actions: torch.Tensor, rng: np.random.Generator, common: bool, samples: int, discount: float):
-    """Discounted returns ``(envs, population)`` of candidate sequences under the env's own dynamics."""
+def true_returns(
+    venv,
+    actions: torch.Tensor,
+    rng: np.random.Generator,
+    common: bool,
+    samples: int,
+    discount: float,
+    mechanism: bool = False,
+):
+    """Discounted returns ``(envs, population)`` of candidate sequences under the env's own dynamics (``mechanism``:
+    without interventions and with the paddles' noise at 0)."""
     core = venv.env
     b, p, h = actions.shape
     seq = actions.reshape(b * p, h).numpy()
@@ -56,6 +70,10 @@ def true_returns(venv, actions: torch.Tensor, rng: np.random.Generator, common: 
         for t in range(h):
             shape = (b, 1 if common else p, core.n_step_uniforms)
             u = np.broadcast_to(rng.random(shape), (b, p, core.n_step_uniforms)).reshape(b * p, -1)
+            if mechanism:
+                u = u.copy()
+                u[:, pong._U_INTERVENE] = 1.0  # never below intervention_prob
+                u[:, [pong._U_LP_NOISE, pong._U_RP_NOISE]] = 0.5  # noise * (2u - 1) = 0
             step = core._step_batch(state, seq[:, t], u)
             state = step.state
             total += alive * discount**t * step.reward / samples
@@ -83,8 +101,8 @@ def play(policy, steps: int, seed: int) -> list[float]:
 class OraclePlanner:
     """Categorical CEM whose candidates are scored by the true simulator."""
 
-    def __init__(self, config: PlannerConfig, common: bool, samples: int, seed: int) -> None:
-        self.config, self.common, self.samples = config, common, samples
+    def __init__(self, config: PlannerConfig, common: bool, samples: int, mechanism: bool, seed: int) -> None:
+        self.config, self.common, self.samples, self.mechanism = config, common, samples, mechanism
         self.planner = None
         self.rng = np.random.default_rng(seed)
         self.seed = seed
@@ -92,7 +110,9 @@ class OraclePlanner:
     def __call__(self, venv, obs):
         if self.planner is None:
             self.planner = make_planner(venv.single_action_space, self.config, batch=N_ENVS, seed=self.seed)
-        return self.planner.plan(lambda a: true_returns(venv, a, self.rng, self.common, self.samples, 0.99))
+        return self.planner.plan(
+            lambda a: true_returns(venv, a, self.rng, self.common, self.samples, 0.99, self.mechanism)
+        )
 
     def reset(self, done) -> None:
         self.planner.reset(done)

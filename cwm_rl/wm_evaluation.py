@@ -37,13 +37,22 @@ SUMMARY_KEYS = (
 
 @dataclass
 class Normalizer:
-    """Per-dimension statistics: the model sees normalised observations and predicts normalised changes."""
+    """Per-dimension statistics: the model sees normalised observations and predicts normalised changes.
+
+    A dimension whose change is constant in the data (Pusher2D's goal, any fixed property of an object) keeps
+    raw units when normalised (no division by a zero spread), and :meth:`unnormalize_delta` returns its constant
+    change exactly, whatever the model outputs there: otherwise a model's small residual output on a target that
+    is always 0 becomes a drift of the fixed value in imagination (measured on Pusher2D: the goal moved about
+    0.02 per imagined step, in a unit arena). ``delta_fixed`` marks those dimensions (``None`` in normalisers
+    saved before it existed: they keep the old behaviour).
+    """
 
     obs_mean: torch.Tensor
     obs_std: torch.Tensor
     delta_mean: torch.Tensor
     delta_std: torch.Tensor
     action_start: int = 0
+    delta_fixed: torch.Tensor | None = None
 
     @classmethod
     def fit(cls, ds: TransitionWindows, window_indices: Sequence[int], action_start: int = 0) -> Normalizer:
@@ -65,7 +74,27 @@ class Normalizer:
             s = x.std(dim=0, unbiased=False)
             return torch.where(s > _MIN_STD, s, torch.ones_like(s)).float()  # constant dims keep raw units
 
-        return cls(obs.mean(0).float(), std(obs), delta.mean(0).float(), std(delta), int(action_start))
+        fixed = delta.std(dim=0, unbiased=False) <= _MIN_STD
+        return cls(obs.mean(0).float(), std(obs), delta.mean(0).float(), std(delta), int(action_start), fixed)
+
+    def release_fixed(self, obs: Any, next_obs: Any) -> list[int]:
+        """Stop holding fixed the dimensions whose change is no longer constant in ``obs -> next_obs``; returns them.
+
+        For a normaliser fitted on early data (an agent's seed steps) that later data can contradict: a dimension
+        released here predicts changes in raw units from then on (its ``delta_std`` stays 1), as before ``fixed``.
+        """
+        if self.delta_fixed is None or len(obs) == 0:
+            return []
+        dims = self.delta_fixed.nonzero().flatten().numpy()
+        if len(dims) == 0:
+            return []
+        delta = np.asarray(next_obs, dtype=np.float64)[:, dims] - np.asarray(obs, dtype=np.float64)[:, dims]
+        moved = np.abs(delta - self.delta_mean.double().numpy()[dims]).max(0) > _MIN_STD
+        released = dims[moved].tolist()
+        if released:
+            self.delta_fixed = self.delta_fixed.clone()
+            self.delta_fixed[released] = False
+        return released
 
     def obs(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.obs_mean) / self.obs_std
@@ -74,7 +103,11 @@ class Normalizer:
         return (d - self.delta_mean) / self.delta_std
 
     def unnormalize_delta(self, d: torch.Tensor) -> torch.Tensor:
-        return d * self.delta_std + self.delta_mean
+        """Raw changes from normalised ones; dimensions with a constant change in the data get exactly that."""
+        raw = d * self.delta_std + self.delta_mean
+        if self.delta_fixed is None:
+            return raw
+        return torch.where(self.delta_fixed, self.delta_mean, raw)
 
     def action(self, a: torch.Tensor) -> torch.Tensor:
         """Discrete actions are shifted to start at 0 (``Discrete(n, start)``); continuous ones pass through."""
@@ -87,6 +120,7 @@ class Normalizer:
             "delta_mean": self.delta_mean,
             "delta_std": self.delta_std,
             "action_start": self.action_start,
+            **({} if self.delta_fixed is None else {"delta_fixed": self.delta_fixed}),
         }
 
     @classmethod

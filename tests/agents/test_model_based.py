@@ -233,3 +233,17 @@ def test_evaluation_calls_do_not_disturb_training():
     for k, v in a.model.state_dict().items():
         torch.testing.assert_close(b.model.state_dict()[k], v, rtol=0, atol=0)
     np.testing.assert_array_equal(a._obs, b._obs)
+
+
+def test_learner_holds_never_changing_dimensions_fixed_until_the_data_moves_them():
+    """Pusher2D's goal never changes: the agent's normaliser holds it fixed; a dimension the buffer shows change is
+    released at the next refit (here the agent's x, marked fixed by hand as if the seed data had not moved it)."""
+    agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=0)
+    agent.learn(64)
+    fixed = agent.norm.delta_fixed
+    assert fixed[12:14].all() and not fixed[:4].any()  # goal fixed, the agent's own slot free
+    fixed[0] = True
+    agent.learn(64)  # one refit
+    assert not agent.norm.delta_fixed[0] and agent.norm.delta_fixed[12:14].all()
+    roll_goal = agent.norm.unnormalize_delta(torch.full((1, 14), 5.0))[0, 12:14]
+    assert roll_goal.tolist() == [0.0, 0.0]
