@@ -7,6 +7,7 @@ Usage::
     python benchmarks/memory_bound.py --out docs/memory_bound.json      # (and the other benchmarks/*.py --out)
     python benchmarks/intervention_masking.py --seeds 0 1 2 --out docs/intervention_masking.json
     python benchmarks/oracle_planning.py --out docs/oracle_planning.json
+    python benchmarks/oracle_planning.py --env pusher --out docs/oracle_planning_pusher.json
     python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~1 h on 2 cores
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
@@ -359,24 +360,34 @@ def _masking_section(bench: dict) -> list[str]:
     return [*lines, ""]
 
 
-def _oracle_section(bench: dict) -> list[str]:
-    m, pl = bench["machine"], bench["planner"]
+def _oracle_section(benches: list[dict]) -> list[str]:
     lines = [
         "## The planner's ceiling: MPC with the true simulator",
         "",
-        f"`benchmarks/oracle_planning.py`: the shipped {pl['name']} (horizon {pl['horizon']}, population "
-        f"{pl['population']}, {pl['iterations']} iterations) plans {bench['n_envs']} real `{bench['env_id']}` envs "
-        "and scores candidates with the env's own batched dynamics from the real state (no learning). Candidates get "
-        "independent noise, or common noise for all candidates of an env (1 or 4 draws averaged). Complete episodes "
-        f"in {bench['steps']:,} vector steps, mean ± std, on {_machine(m)}, torch {m['torch']}.",
+        "`benchmarks/oracle_planning.py`: the env's shipped MPC planner (`agents/configs/mpc.yaml`) plans "
+        f"{benches[0]['n_envs']} real envs and scores candidates with the env's own batched dynamics from the real "
+        "state (no learning). On Pong candidates get independent noise, or common noise for all candidates of an env "
+        "(1 or 4 draws averaged), or the mechanism only (no interventions, paddle noise at 0: what a perfect "
+        "deterministic model trained with `mask_interventions` predicts), also with a larger planner. On Pusher2D the "
+        "only noise moves the distractor, which touches nothing, so common noise is the perfect model. Complete "
+        "episodes, mean ± std.",
         "",
-        "| policy | episodes | return | wall time (s) |",
-        "|---|---:|---:|---:|",
     ]
-    for r in bench["results"]:
-        ret = f"{r['mean_return']:.2f} ± {r['std_return']:.2f}" if r["episodes"] else "n/a"
-        lines.append(f"| {r['policy']} | {r['episodes']} | {ret} | {r['wall_s']:.0f} |")
-    return [*lines, ""]
+    for bench in benches:
+        m, pl = bench["machine"], bench["planner"]
+        lines += [
+            f"**`{bench['env_id']}`**: {pl['name']}, horizon {pl['horizon']}, population {pl['population']}, "
+            f"{pl['iterations']} iterations; {bench['steps']:,} vector steps per policy, on {_machine(m)}, "
+            f"torch {m['torch']}.",
+            "",
+            "| policy | episodes | return | wall time (s) |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in bench["results"]:
+            ret = f"{r['mean_return']:.2f} ± {r['std_return']:.2f}" if r["episodes"] else "n/a"
+            lines.append(f"| {r['policy']} | {r['episodes']} | {ret} | {r['wall_s']:.0f} |")
+        lines.append("")
+    return lines
 
 
 def _memory_section(memory: dict) -> list[str]:
@@ -499,7 +510,7 @@ def main() -> int:
     imagination = _load("imagination_cost.json")
     if imagination:
         lines += _imagination_section(imagination)
-    oracle = _load("oracle_planning.json")
+    oracle = [b for b in (_load("oracle_planning.json"), _load("oracle_planning_pusher.json")) if b]
     if oracle:
         lines += _oracle_section(oracle)
     end_to_end = _load("end_to_end.json")

@@ -1,29 +1,35 @@
-"""How well can MPC play Interventional Pong with a *perfect* model? The planner's ceiling, without any learning.
+"""How well can MPC play with a *perfect* model? The planner's ceiling on Pong and Pusher2D, without any learning.
 
 Usage::
 
-    python benchmarks/oracle_planning.py [--steps 1500] [--quick] [--json] [--out docs/oracle_planning.json]
+    python benchmarks/oracle_planning.py [--env pong|pusher] [--steps N] [--quick] [--json]
+                                         [--out docs/oracle_planning.json]
 
-The shipped categorical CEM (:mod:`cwm_rl.planning`) plans 8 real envs at once, but candidates are scored with the
+The shipped planner of the env's MPC agents (``agents/configs/mpc.yaml``: categorical CEM on Pong, CEM on Pusher2D;
+``--horizon/--population/--iterations`` override it) plans 8 real envs at once, but candidates are scored with the
 env's own batched dynamics (``CausalEnv._step_batch``, the simulator behind ``step``) from the real current state
-instead of a learned model. The env is stochastic (paddle noise; an intervention in 15% of the steps), so a
-candidate's return is a sample; the variants differ in how it is sampled:
+instead of a learned model. Interventional Pong is stochastic (paddle noise; an intervention in 15% of the steps),
+so a candidate's return is a sample; the variants differ in how it is sampled:
 
 * ``independent, 1 sample``: each candidate gets its own noise (what a stochastic simulator gives by default);
 * ``common noise, 1 / 4 samples``: all candidates of one env share the same noise draws (common random numbers),
   and the return is averaged over 1 or 4 draws;
 * ``mechanism only``: the dynamics without interventions and with the paddles' noise at its mean (0), one draw
   (only a serve after a point is still random, shared by the candidates): what a perfect deterministic world model
-  trained with ``mask_interventions`` predicts, so the ceiling of MPC with the agents' kind of model.
+  trained with ``mask_interventions`` predicts, so the ceiling of MPC with the agents' kind of model; once with the
+  shipped planner and once with a larger one (horizon 20, population 256, 5 iterations).
 
-Reference policies under the same protocol: uniformly random actions, and a hand-written rule that moves the
-paddle towards the ball's height. Returns are complete episodes (first to 5 points) in ``--steps`` vector steps.
-This reads the simulator's internals on purpose: it is a diagnostic of the planner, not an agent.
+Pusher2D's only noise moves the distractor, which touches nothing, so there one variant (common noise) is the
+perfect model. Reference policies: uniformly random actions, and on Pong a hand-written rule that moves the paddle
+towards the ball's height. Returns are complete episodes (Pong: first to 5 points; Pusher2D: the box on the goal, or
+200 steps) in ``--steps`` vector steps. This reads the simulator's internals on purpose: it is a diagnostic of the
+planner, not an agent.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,18 +41,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, write_json  # noqa: E402
 
+from cwm_rl.agents.model_based import mpc_config_for  # noqa: E402
 from cwm_rl.data import make_vector_env  # noqa: E402
 from cwm_rl.envs import pong  # noqa: E402
 from cwm_rl.planning import PlannerConfig, make_planner  # noqa: E402
 
-ENV_ID = "cwm/InterventionalPong-v0"
 N_ENVS = 8
-VARIANTS = {  # name: (common noise, samples per candidate, mechanism only)
-    "independent, 1 sample": (False, 1, False),
-    "common noise, 1 sample": (True, 1, False),
-    "common noise, 4 samples": (True, 4, False),
-    "mechanism only": (True, 1, True),
+ENVS = {  # key: env id, default vector steps (Pusher2D's episodes are shorter when the box reaches the goal)
+    "pong": ("cwm/InterventionalPong-v0", 1500),
+    "pusher": ("cwm/Pusher2D-v0", 600),
 }
+VARIANTS = {  # env key -> name: (common noise, samples per candidate, mechanism only, larger planner)
+    "pong": {
+        "independent, 1 sample": (False, 1, False, False),
+        "common noise, 1 sample": (True, 1, False, False),
+        "common noise, 4 samples": (True, 4, False, False),
+        "mechanism only": (True, 1, True, False),
+        "mechanism only, horizon 20, population 256, 5 iterations": (True, 1, True, True),
+    },
+    "pusher": {"common noise, 1 sample": (True, 1, False, False)},
+}
+LARGER = {"horizon": 20, "population": 256, "iterations": 5}
 
 
 def true_returns(
@@ -58,11 +73,11 @@ def true_returns(
     discount: float,
     mechanism: bool = False,
 ):
-    """Discounted returns ``(envs, population)`` of candidate sequences under the env's own dynamics (``mechanism``:
-    without interventions and with the paddles' noise at 0)."""
+    """Discounted returns ``(envs, population)`` of candidate sequences ``(envs, population, horizon[, action_dim])``
+    under the env's own dynamics (``mechanism``, Pong only: without interventions and with the paddles' noise at 0)."""
     core = venv.env
-    b, p, h = actions.shape
-    seq = actions.reshape(b * p, h).numpy()
+    b, p, h = actions.shape[:3]
+    seq = actions.reshape(b * p, h, *actions.shape[3:]).numpy()
     total = np.zeros(b * p)
     for _ in range(samples):
         state = {k: np.repeat(v, p, axis=0) for k, v in venv._state.items()}
@@ -81,9 +96,9 @@ def true_returns(
     return torch.as_tensor(total.reshape(b, p), dtype=torch.float32)
 
 
-def play(policy, steps: int, seed: int) -> list[float]:
+def play(env_id: str, policy, steps: int, seed: int) -> list[float]:
     """Episode returns of ``policy(venv, obs) -> actions`` over ``steps`` vector steps (complete episodes only)."""
-    venv, _ = make_vector_env(ENV_ID, N_ENVS, {})
+    venv, _ = make_vector_env(env_id, N_ENVS, {})
     obs, _ = venv.reset(seed=seed)
     returns, running = [], np.zeros(N_ENVS)
     for _ in range(steps):
@@ -99,19 +114,21 @@ def play(policy, steps: int, seed: int) -> list[float]:
 
 
 class OraclePlanner:
-    """Categorical CEM whose candidates are scored by the true simulator."""
+    """The shipped planner, its candidates scored by the true simulator."""
 
-    def __init__(self, config: PlannerConfig, common: bool, samples: int, mechanism: bool, seed: int) -> None:
+    def __init__(
+        self, config: PlannerConfig, common: bool, samples: int, mechanism: bool, seed: int, discount: float
+    ) -> None:
         self.config, self.common, self.samples, self.mechanism = config, common, samples, mechanism
         self.planner = None
         self.rng = np.random.default_rng(seed)
-        self.seed = seed
+        self.seed, self.discount = seed, discount
 
     def __call__(self, venv, obs):
         if self.planner is None:
             self.planner = make_planner(venv.single_action_space, self.config, batch=N_ENVS, seed=self.seed)
         return self.planner.plan(
-            lambda a: true_returns(venv, a, self.rng, self.common, self.samples, 0.99, self.mechanism)
+            lambda a: true_returns(venv, a, self.rng, self.common, self.samples, self.discount, self.mechanism)
         )
 
     def reset(self, done) -> None:
@@ -126,31 +143,38 @@ def tracker(venv, obs):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="vector steps of 8 envs per policy")
-    parser.add_argument("--horizon", type=int, default=20)
-    parser.add_argument("--population", type=int, default=64)
-    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--env", choices=sorted(ENVS), default="pong")
+    parser.add_argument("--steps", type=int, help="vector steps of 8 envs per policy (pong 1500, pusher 600)")
+    parser.add_argument("--horizon", type=int, help="default: the env's shipped MPC planner (mpc.yaml)")
+    parser.add_argument("--population", type=int)
+    parser.add_argument("--iterations", type=int)
     parser.add_argument("--seed", type=int, default=123)
-    parser.add_argument("--quick", action="store_true", help="200 vector steps")
+    parser.add_argument("--quick", action="store_true", help="100 vector steps")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.steps = 200
+    env_id, default_steps = ENVS[args.env]
+    steps = 100 if args.quick else args.steps or default_steps
     torch.set_num_threads(1)
-    config = PlannerConfig(
-        name="categorical-cem", horizon=args.horizon, population=args.population, iterations=args.iterations
-    )
-    rng = np.random.default_rng(args.seed)
-    policies = {
-        "random": lambda venv, obs: rng.integers(0, 3, N_ENVS),
-        "ball tracker": tracker,
-        **{f"oracle MPC, {name}": OraclePlanner(config, *v, seed=args.seed) for name, v in VARIANTS.items()},
-    }
+    mpc = mpc_config_for("causal-mpc", env_id=env_id)
+    shipped = {"horizon": args.horizon, "population": args.population, "iterations": args.iterations}
+    config = dataclasses.replace(mpc.planner, **{k: v for k, v in shipped.items() if v is not None})
+    venv, _ = make_vector_env(env_id, 1, {})
+    space = venv.single_action_space
+    venv.close()
+    if config.name == "auto":
+        config = dataclasses.replace(config, name="categorical-cem" if args.env == "pong" else "cem")
+    space.seed(args.seed)
+    policies = {"random": lambda venv, obs: np.stack([space.sample() for _ in range(N_ENVS)])}
+    if args.env == "pong":
+        policies["ball tracker"] = tracker
+    for name, (common, samples, mechanism, larger) in VARIANTS[args.env].items():
+        cfg = dataclasses.replace(config, **LARGER) if larger else config
+        policies[f"oracle MPC, {name}"] = OraclePlanner(cfg, common, samples, mechanism, args.seed, mpc.discount)
     results = []
     for name, policy in policies.items():
         start = time.perf_counter()
-        returns = play(policy, args.steps, args.seed)
+        returns = play(env_id, policy, steps, args.seed)
         results.append(
             {
                 "policy": name,
@@ -163,17 +187,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             r = results[-1]
             mean = f"{r['mean_return']:.2f} ± {r['std_return']:.2f}" if returns else "n/a"
-            print(f"{name:<38} {r['episodes']:>4} episodes  return {mean}  ({r['wall_s']:.0f} s)", flush=True)
+            print(f"{name:<46} {r['episodes']:>4} episodes  return {mean}  ({r['wall_s']:.0f} s)", flush=True)
     payload = {
         "benchmark": "oracle_planning",
-        "env_id": ENV_ID,
-        "planner": {
-            "name": config.name,
-            "horizon": config.horizon,
-            "population": config.population,
-            "iterations": config.iterations,
-        },
-        "steps": args.steps,
+        "env_id": env_id,
+        "planner": {k: getattr(config, k) for k in ("name", "horizon", "population", "iterations")},
+        "larger_planner": LARGER,
+        "steps": steps,
         "n_envs": N_ENVS,
         "machine": {**machine_info(), "torch": torch.__version__},
         "results": results,
