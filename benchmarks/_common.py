@@ -34,3 +34,10 @@ def write_json(path: str | os.PathLike[str] | None, payload: dict[str, Any]) -> 
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def report(payload: dict[str, Any], as_json: bool, out: str | os.PathLike[str] | None) -> None:
+    """A benchmark's ending: print ``payload`` as JSON when asked (``--json``), write it to ``out`` (``--out``)."""
+    if as_json:
+        print(json.dumps(payload, indent=2))
+    write_json(out, payload)

@@ -17,7 +17,6 @@ learned graphs could split and the share accepted after the check on the mixed s
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 from sample_efficiency import SETUPS, run_one  # noqa: E402
 
 
@@ -123,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summary,
         "runs": results,
     }
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

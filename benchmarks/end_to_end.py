@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 
 from cwm_rl.agents.compare import steps_to_reach  # noqa: E402
 from cwm_rl.agents.training import resolve_config, train  # noqa: E402
@@ -94,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = {**machine_info(), "torch": torch.__version__}
     machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
     payload = {"benchmark": "end_to_end", "env_id": ENV_ID, "machine": machine, "results": results}
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

@@ -18,7 +18,6 @@ Target (issue 5): the SSM's ratio step 512 / step 8 at most 1.2.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 from wm_throughput import MODELS, build  # noqa: E402
 
 from cwm_rl.models.world_model import consuming_step  # noqa: E402
@@ -90,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = {**machine_info(), "torch": torch.__version__, "threads": args.threads}
     machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
     payload = {"benchmark": "imagination_cost", "machine": machine, "horizon": args.horizon, "results": results}
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

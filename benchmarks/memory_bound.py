@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 
 from cwm_rl.agents.training import make_agent, resolve_config  # noqa: E402
 
@@ -149,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     machine = {**machine_info(), "torch": torch.__version__, "threads": 1}
     payload = {"benchmark": "memory_bound", "machine": machine, "quick": args.quick, "results": results}
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

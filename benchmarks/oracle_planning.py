@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 
 from cwm_rl.agents.model_based import mpc_config_for  # noqa: E402
 from cwm_rl.data import make_vector_env  # noqa: E402
@@ -198,9 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**machine_info(), "torch": torch.__version__},
         "results": results,
     }
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

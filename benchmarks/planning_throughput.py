@@ -15,7 +15,6 @@ divided by ``n_envs``), and imagined transitions per second (envs x population x
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 
 from cwm_rl.agents.model_based import MPC_AGENTS, MPCAgent, mpc_config_for  # noqa: E402
 
@@ -97,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = {**machine_info(), "torch": torch.__version__, "threads": args.threads}
     machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
     payload = {"benchmark": "planning_throughput", "machine": machine, "results": results}
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report, write_json  # noqa: E402
 
 # (env key) -> env id, the baseline and its budget, the model-based agents and their budget, evaluation episodes
 SETUPS: dict[str, dict[str, Any]] = {
@@ -287,9 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "summaries": summaries,
         "runs": sorted(results, key=lambda r: (r["env_id"], r["agent"], r["seed"])),
     }
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

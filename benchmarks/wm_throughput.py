@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import subprocess
@@ -45,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, write_json  # noqa: E402
+from _common import machine_info, report  # noqa: E402
 
 from cwm_rl.models.factory import make_world_model  # noqa: E402
 
@@ -189,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = {**machine_info(), "torch": torch.__version__, "threads": args.threads}
     machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
     payload = {"benchmark": "wm_throughput", "machine": machine, "parameters": params, "results": results}
-    if args.json:
-        print(json.dumps(payload, indent=2))
-    write_json(args.out, payload)
+    report(payload, args.json, args.out)
     return 0
 
 

@@ -1,0 +1,236 @@
+"""Why MPC with a learned model plays Pusher2D like random actions, while MPC with the true simulator solves it.
+
+Usage::
+
+    python benchmarks/pusher_model_diagnosis.py [--steps 6000] [--updates 1000] [--episodes 8] [--quick] [--json]
+                                                [--out docs/pusher_model_diagnosis.json]
+
+With the true simulator the shipped planner (CEM, horizon 10, population 128, 3 iterations) pushes the box onto the
+goal in a few dozen steps (``oracle_planning.py --env pusher``); the model-based agents at 6,000 env steps, and SAC
+at 30,000, score like random play (docs/results.md, "Sample efficiency"). This separates the suspects offline, on
+``--steps`` transitions from one of two behaviour policies:
+
+* ``random``: uniform actions (what an agent's seed steps collect): the agent touches the box in about 1% of steps;
+* ``pushy``: 60% of the steps a force towards the box, else uniform, plus Gaussian noise (sd 0.3): contacts in
+  about half the steps, so the model sees pushes.
+
+For each dataset, world models are trained with ``cwm-rl wm-train``'s code (``--updates`` steps, its defaults, one
+torch thread) and judged two ways:
+
+* **push probe**: from 256 real states (after 7 uniform steps), both the env and the model run 10 steps of the
+  force towards the box; reported are the box's real and imagined displacement after 10 steps, the box and agent
+  position errors, and the reward error after 1 and 10 steps;
+* **planning**: the shipped planner plans 8 fixed-seed evaluation episodes (the agents' protocol) with the model's
+  rollouts, scoring candidates by the model's reward head (``learned reward``) or by the env's reward function
+  applied to the imagined states (``true reward``: isolates the dynamics from the reward head); uniformly random
+  actions on the same episodes are the reference.
+
+``reward_weight`` 100 scales the reward loss to about the size of one normalised state dimension (Pusher2D's
+reward varies with a standard deviation of about 0.1, so its squared error is about 1% of one dimension's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info, report  # noqa: E402
+
+from cwm_rl.agents.evaluation import evaluate_agent  # noqa: E402
+from cwm_rl.agents.model_based import mpc_config_for  # noqa: E402
+from cwm_rl.config import apply_overrides  # noqa: E402
+from cwm_rl.data import collect, make_vector_env  # noqa: E402
+from cwm_rl.models.attention import edge_mode  # noqa: E402
+from cwm_rl.planning import make_planner  # noqa: E402
+from cwm_rl.planning.imagination import Imagination  # noqa: E402
+from cwm_rl.wm_training import WMTrainConfig, load_run, train_world_model  # noqa: E402
+
+ENV_ID = "cwm/Pusher2D-v0"
+AGENT, BOX, GOAL = slice(0, 2), slice(4, 6), slice(12, 14)  # observation columns (one distractor)
+PROBE_STATES, PROBE_STEPS = 256, 10
+# (dataset, model kind, reward_weight)
+MODELS = [
+    ("random", "slot-ssm", 1.0),
+    ("random", "mlp", 1.0),
+    ("random", "mlp", 100.0),
+    ("pushy", "slot-ssm", 1.0),
+    ("pushy", "mlp", 1.0),
+    ("pushy", "mlp", 100.0),
+]
+
+
+def toward_box(obs: np.ndarray) -> np.ndarray:
+    d = obs[:, BOX] - obs[:, AGENT]
+    return (d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+
+def pushy_policy(seed: int):
+    rng = np.random.default_rng(seed)
+
+    def policy(obs: np.ndarray) -> np.ndarray:
+        a = np.where(rng.random((len(obs), 1)) < 0.6, toward_box(obs), rng.uniform(-1, 1, (len(obs), 2)))
+        return np.clip(a + 0.3 * rng.normal(size=a.shape), -1, 1).astype(np.float32)
+
+    return policy
+
+
+class TrueReward:
+    """The env's reward and termination applied to imagined observations ``(..., obs_dim)``."""
+
+    def __init__(self) -> None:
+        venv, _ = make_vector_env(ENV_ID, 1, {})
+        self.radius, self.bonus = venv.env.goal_radius, venv.env.success_bonus
+        venv.close()
+
+    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        box_goal = (obs[..., BOX] - obs[..., GOAL]).norm(dim=-1)
+        done = (box_goal < self.radius).float()
+        return -box_goal - 0.1 * (obs[..., AGENT] - obs[..., BOX]).norm(dim=-1) + self.bonus * done, done
+
+
+def push_probe(model, norm, true_reward: TrueReward, seed: int) -> dict[str, float]:
+    venv, _ = make_vector_env(ENV_ID, PROBE_STATES, {})
+    obs, _ = venv.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(7):
+        obs, *_ = venv.step(rng.uniform(-1, 1, (PROBE_STATES, 2)).astype(np.float32))
+    start, real, rewards, actions = obs.copy(), [], [], []
+    for _ in range(PROBE_STEPS):
+        actions.append(toward_box(obs))
+        obs, reward, *_ = venv.step(actions[-1])
+        real.append(obs.copy())
+        rewards.append(reward)
+    venv.close()
+    real_obs, real_rew = np.stack(real, 1), np.stack(rewards, 1)
+    roll = Imagination(model, norm).rollout(start, torch.as_tensor(np.stack(actions, 1))[:, None])
+    imag, imag_rew = roll.obs.numpy(), roll.reward.numpy()
+    last = PROBE_STEPS - 1
+    return {
+        "real_box_moved": float(np.linalg.norm(real_obs[:, last, BOX] - start[:, BOX], axis=1).mean()),
+        "imagined_box_moved": float(np.linalg.norm(imag[:, last, BOX] - start[:, BOX], axis=1).mean()),
+        "box_error": float(np.linalg.norm(imag[:, last, BOX] - real_obs[:, last, BOX], axis=1).mean()),
+        "agent_error": float(np.linalg.norm(imag[:, last, AGENT] - real_obs[:, last, AGENT], axis=1).mean()),
+        "reward_error_1": float(np.abs(imag_rew[:, 0] - real_rew[:, 0]).mean()),
+        "reward_error_10": float(np.abs(imag_rew[:, last] - real_rew[:, last]).mean()),
+        "reward_std": float(real_rew.std()),
+    }
+
+
+class ModelPlanner:
+    """The shipped planner scoring candidates with a world model's rollouts (``predict`` for the eval protocol)."""
+
+    def __init__(self, model, norm, reward: TrueReward | None, episodes: int, discount: float) -> None:
+        cfg = mpc_config_for("causal-mpc", env_id=ENV_ID)
+        venv, _ = make_vector_env(ENV_ID, 1, {})
+        self.planner = make_planner(venv.single_action_space, cfg.planner, batch=episodes, seed=0)
+        venv.close()
+        self.model, self.imagination, self.reward, self.discount = (
+            model,
+            Imagination(model, norm, discount),
+            reward,
+            discount,
+        )
+
+    def _score(self, obs: np.ndarray, actions: torch.Tensor) -> torch.Tensor:
+        if self.reward is None:
+            return self.imagination.returns(obs, actions)
+        roll = self.imagination.rollout(obs, actions)
+        reward, done = self.reward(roll.obs)
+        alive = torch.cumprod(torch.cat([torch.ones_like(done[:, :1]), 1.0 - done[:, :-1]], 1), 1)
+        total = (reward * alive * self.discount ** torch.arange(reward.shape[1], dtype=torch.float32)).sum(1)
+        return total.reshape(actions.shape[:2])
+
+    def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        with edge_mode(self.model, "learned"):  # as the agents plan
+            return self.planner.plan(lambda actions: self._score(np.asarray(obs, dtype=np.float32), actions))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6000, help="transitions per dataset")
+    parser.add_argument("--updates", type=int, default=1000, help="world-model training steps")
+    parser.add_argument("--episodes", type=int, default=8, help="evaluation episodes per planning row")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="tiny data, training and evaluation (a smoke test)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.updates, args.episodes = 600, 20, 2
+    torch.set_num_threads(1)
+    true_reward = TrueReward()
+    discount = mpc_config_for("causal-mpc", env_id=ENV_ID).discount
+    rows: list[dict[str, Any]] = []
+    contact: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, policy in (("random", "random"), ("pushy", pushy_policy(args.seed))):
+            collect(ENV_ID, args.steps, Path(tmp) / name, policy=policy, seed=args.seed)
+            graph = np.load(Path(tmp) / name / "transitions.npz")["local_graph"]
+            contact[name] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step
+        for data, kind, reward_weight in MODELS:
+            run = Path(tmp) / f"{data}-{kind}-{reward_weight:g}"
+            overrides = {"steps": args.updates, "reward_weight": reward_weight, "threads": 1, "seed": args.seed}
+            cfg = apply_overrides(
+                WMTrainConfig(data=str(Path(tmp) / data), env_id=ENV_ID, model=kind), overrides, where="benchmark"
+            )
+            start = time.perf_counter()
+            metrics = train_world_model(cfg, run, progress=False)
+            train_s = time.perf_counter() - start
+            _, model, norm, _ = load_run(run)
+            row = {
+                "data": data,
+                "model": kind,
+                "reward_weight": reward_weight,
+                "prediction_mse": metrics["prediction_mse"],
+                "train_s": round(train_s, 1),
+                **push_probe(model, norm, true_reward, args.seed + 100),
+            }
+            for label, reward in (("learned_reward", None), ("true_reward", true_reward)):
+                start = time.perf_counter()
+                planner = ModelPlanner(model, norm, reward, args.episodes, discount)
+                result = evaluate_agent(planner, ENV_ID, args.episodes, args.seed)
+                row[f"return_{label}"] = result["mean_return"]
+                row[f"return_{label}_se"] = result["std_return"] / np.sqrt(args.episodes)
+                row[f"plan_s_{label}"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            if not args.json:
+                print(
+                    f"{data:>6} {kind:>8} rw {reward_weight:>5g}  box moved real {row['real_box_moved']:.3f} "
+                    f"imagined {row['imagined_box_moved']:.3f}  reward err {row['reward_error_1']:.3f}/"
+                    f"{row['reward_error_10']:.3f}  return learned {row['return_learned_reward']:.1f} "
+                    f"true {row['return_true_reward']:.1f}",
+                    flush=True,
+                )
+    space = make_vector_env(ENV_ID, 1, {})[0].single_action_space
+    space.seed(args.seed)
+    uniform = SimpleNamespace(predict=lambda obs, deterministic=True: np.stack([space.sample() for _ in obs]))
+    random_play = evaluate_agent(uniform, ENV_ID, args.episodes, args.seed)
+    payload = {
+        "benchmark": "pusher_model_diagnosis",
+        "random_return": random_play["mean_return"],
+        "random_return_se": random_play["std_return"] / np.sqrt(args.episodes),
+        "env_id": ENV_ID,
+        "steps": args.steps,
+        "updates": args.updates,
+        "episodes": args.episodes,
+        "seed": args.seed,
+        "quick": args.quick,
+        "contact_rate": contact,
+        "machine": {**machine_info(), "torch": torch.__version__},
+        "results": rows,
+    }
+    report(payload, args.json, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
