@@ -57,7 +57,7 @@ from .coda import coda_transitions
 from .model_based import MPC_AGENTS, env_defaults
 from .sb3_baselines import _ALGO_CLASSES, SB3Agent, _jsonable, check_algo, load_hyperparams
 from .sequence_buffer import SequenceBuffer
-from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner, sb3_transitions
+from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner, check_loss_weights, sb3_transitions
 
 DYNA_AGENTS = {"causal-dyna": "slot-ssm"}
 """Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
@@ -85,7 +85,8 @@ class DynaConfig:
         train_every: real env steps between world-model refits; imagined data is regenerated after each.
         first_updates: gradient steps of the first world-model fit; ``updates`` of every later one.
         buffer_size: real transitions the world model keeps (FIFO), so memory stays bounded in long runs.
-        window, batch_size, lr, sparsity_weight: world-model training (as in ``cwm-rl wm-train``); ``batch_size``
+        window, batch_size, lr, sparsity_weight, reward_weight: world-model training (as in ``cwm-rl wm-train``;
+            ``reward_weight`` scales the reward head's squared error, in the env's raw reward units); ``batch_size``
             is the world model's (windows per step), SB3's own is ``sb3_kwargs.batch_size``.
         rollout_horizon: MBPO's k, imagined steps per rollout (a rollout also stops at a predicted termination).
         rollout_batch: imagined rollouts (real start states) per refit (MBPO's rollout batch size).
@@ -113,6 +114,7 @@ class DynaConfig:
     batch_size: int = 32
     lr: float = 1e-3
     sparsity_weight: float = 0.02
+    reward_weight: float = 1.0
     rollout_horizon: int = 1
     rollout_batch: int = 1000
     model_buffer_size: int = 20_000
@@ -151,8 +153,7 @@ def check_dyna_config(cfg: DynaConfig) -> None:
         raise ConfigError(f"real_ratio={cfg.real_ratio} must be in [0, 1] (the share of real data per batch)")
     if not (np.isfinite(cfg.utd) and cfg.utd > 0):
         raise ConfigError(f"utd={cfg.utd} must be a number > 0 (gradient steps per real env step)")
-    if not (np.isfinite(cfg.lr) and cfg.lr > 0) or not (np.isfinite(cfg.sparsity_weight) and cfg.sparsity_weight >= 0):
-        raise ConfigError(f"lr={cfg.lr} must be > 0 and sparsity_weight={cfg.sparsity_weight} >= 0")
+    check_loss_weights(cfg)
     for key in cfg.sb3_kwargs:
         if key in _RESERVED_SB3:
             raise ConfigError(f"sb3_kwargs.{key} is set by the Dyna agent; use {_RESERVED_SB3[key]} instead")

@@ -34,7 +34,7 @@ from cwm_rl.planning.imagination import Imagination
 
 from .sequence_buffer import SequenceBuffer
 from .value import ValueFunction
-from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner
+from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner, check_loss_weights
 
 MPC_AGENTS = {"causal-mpc": "slot-ssm", "transformer-mpc": "slot-transformer", "mlp-mpc": "mlp"}
 """Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
@@ -51,7 +51,8 @@ class MPCConfig:
         train_every: env steps between world-model refits.
         first_updates: gradient steps of the first fit; ``updates`` of every later one.
         buffer_size: real transitions kept (FIFO), so memory stays bounded in long runs.
-        window, batch_size, lr, sparsity_weight: world-model training (as in ``cwm-rl wm-train``).
+        window, batch_size, lr, sparsity_weight, reward_weight: world-model training (as in ``cwm-rl wm-train``;
+            ``reward_weight`` scales the reward head's squared error, in the env's raw reward units).
         discount: discount of imagined rewards.
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).
@@ -76,6 +77,7 @@ class MPCConfig:
     batch_size: int = 32
     lr: float = 1e-3
     sparsity_weight: float = 0.02
+    reward_weight: float = 1.0
     discount: float = 0.99
     threads: int = 1
     planner: PlannerConfig = field(default_factory=lambda: PlannerConfig(name="auto"))
@@ -100,6 +102,7 @@ def check_mpc_config(cfg: MPCConfig) -> None:
         raise ConfigError(f"buffer_size={cfg.buffer_size} must hold at least window * n_envs transitions")
     if not (0.0 < cfg.discount <= 1.0):
         raise ConfigError(f"discount={cfg.discount} must be in (0, 1]")
+    check_loss_weights(cfg)
     validate_config(cfg.planner)
 
 

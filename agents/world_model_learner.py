@@ -30,6 +30,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from cwm_rl.config import ConfigError
 from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.factory import make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
@@ -129,6 +130,17 @@ class LearnerConfig(Protocol):
     lr: float
     batch_size: int
     sparsity_weight: float
+    reward_weight: float
+
+
+def check_loss_weights(cfg: LearnerConfig) -> None:
+    """One line if the learning rate or a loss weight cannot work (an agent config's check calls it)."""
+    if not (np.isfinite(cfg.lr) and cfg.lr > 0):
+        raise ConfigError(f"lr={cfg.lr} must be a number > 0")
+    for name in ("sparsity_weight", "reward_weight"):
+        value = getattr(cfg, name)
+        if not (np.isfinite(value) and value >= 0):
+            raise ConfigError(f"{name}={value} must be a number >= 0")
 
 
 class WorldModelLearner:
@@ -137,7 +149,7 @@ class WorldModelLearner:
     Args:
         layout: the env's slots and action space.
         config: the world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``,
-            ``batch_size``, ``sparsity_weight``) of the agent's config.
+            ``batch_size``, ``sparsity_weight``, ``reward_weight``) of the agent's config.
         seed: seeds the model's initialisation, the batch draws and the gradient steps' torch stream.
         env_kwargs: env constructor arguments (for the evaluation data of :meth:`metrics`).
         log: optional ``callable(tag, value)`` for the fit losses (``world_model/<part>``, ``world_model/fit_seconds``);
@@ -185,19 +197,20 @@ class WorldModelLearner:
 
         The first call fixes the normaliser from every transition in ``buffer`` (the seed data), so the model's
         inputs do not drift as the agent's data distribution changes. Dimensions that never changed in the seed
-        data are held fixed in imagination until the buffer shows them change
-        (:meth:`~cwm_rl.wm_evaluation.Normalizer.release_fixed`). Gradients are clipped at norm 1.
+        data are held fixed in imagination until the buffer shows them change; then they, and inputs that had no
+        spread, get their real scale (:meth:`~cwm_rl.wm_evaluation.Normalizer.release_fixed`). Gradients are
+        clipped at norm 1.
         """
         cfg = self.config
         if self.norm is None:
             data = buffer.arrays()
             self.norm = Normalizer.from_arrays(data["obs"], data["next_obs"], self.layout.action_start)
-        elif self.norm.delta_fixed is not None and bool(self.norm.delta_fixed.any()):
+        elif any(m is not None and bool(m.any()) for m in (self.norm.delta_fixed, self.norm.obs_fixed)):
             data = buffer.arrays()
             for dim in self.norm.release_fixed(data["obs"], data["next_obs"]):
                 if self.log is not None:
                     self.log(f"world_model/released_fixed_dim_{dim}", 1.0)
-        loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight)
+        loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight, reward_weight=cfg.reward_weight)
         slot_dims = self.layout.slot_dims
         self.model.train()
         sums: dict[str, float] = {}

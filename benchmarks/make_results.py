@@ -377,8 +377,9 @@ def _oracle_section(benches: list[dict]) -> list[str]:
         "state (no learning). On Pong candidates get independent noise, or common noise for all candidates of an env "
         "(1 or 4 draws averaged), or the mechanism only (no interventions, paddle noise at 0: what a perfect "
         "deterministic model trained with `mask_interventions` predicts), also with a larger planner. On Pusher2D the "
-        "only noise moves the distractor, which touches nothing, so common noise is the perfect model. Complete "
-        "episodes, mean ± std.",
+        "only noise moves the distractor, which touches nothing, so common noise is the perfect model. Hand-written "
+        "references: a ball tracker on Pong; on Pusher2D a push rule (get behind the box, then push it towards the "
+        "goal). Complete episodes, mean ± std.",
         "",
     ]
     for bench in benches:

@@ -20,9 +20,11 @@ so a candidate's return is a sample; the variants differ in how it is sampled:
   shipped planner and once with a larger one (horizon 20, population 256, 5 iterations).
 
 Pusher2D's only noise moves the distractor, which touches nothing, so there one variant (common noise) is the
-perfect model. Reference policies: uniformly random actions, and on Pong a hand-written rule that moves the paddle
-towards the ball's height. Returns are complete episodes (Pong: first to 5 points; Pusher2D: the box on the goal, or
-200 steps) in ``--steps`` vector steps. This reads the simulator's internals on purpose: it is a diagnostic of the
+perfect model. Reference policies: uniformly random actions, and a hand-written rule: on Pong it moves the paddle
+towards the ball's height; on Pusher2D it steers the agent to a point behind the box (on the far side from the goal)
+and then drives through the box towards the goal (a crude rule: it does not walk around the box on its way).
+Returns are complete episodes (Pong: first to 5 points; Pusher2D: the box on the goal, or 200 steps) in ``--steps``
+vector steps. This reads the simulator's internals on purpose: it is a diagnostic of the
 planner, not an agent.
 """
 
@@ -140,6 +142,17 @@ def tracker(venv, obs):
     return np.where(ball_y > paddle + 1.0, 1, np.where(ball_y < paddle - 1.0, 2, 0))
 
 
+def push_rule(venv, obs):
+    """Pusher2D: go behind the box (seen from the goal), then push it towards the goal (a hand-written reference)."""
+    agent, velocity, box, goal = obs[:, 0:2], obs[:, 2:4], obs[:, 4:6], obs[:, 12:14]
+    to_goal = goal - box
+    to_goal /= np.maximum(np.linalg.norm(to_goal, axis=1, keepdims=True), 1e-6)
+    behind = box - 0.15 * to_goal
+    lined_up = np.linalg.norm(behind - agent, axis=1, keepdims=True) < 0.04
+    target = np.where(lined_up, goal + 0.1 * to_goal, behind)
+    return np.clip(20.0 * (target - agent) - 10.0 * velocity, -1.0, 1.0).astype(np.float32)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", choices=sorted(ENVS), default="pong")
@@ -165,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, name="categorical-cem" if args.env == "pong" else "cem")
     space.seed(args.seed)
     policies = {"random": lambda venv, obs: np.stack([space.sample() for _ in range(N_ENVS)])}
-    if args.env == "pong":
-        policies["ball tracker"] = tracker
+    policies["ball tracker" if args.env == "pong" else "push rule"] = tracker if args.env == "pong" else push_rule
     for name, (common, samples, mechanism, larger) in VARIANTS[args.env].items():
         cfg = dataclasses.replace(config, **LARGER) if larger else config
         policies[f"oracle MPC, {name}"] = OraclePlanner(cfg, common, samples, mechanism, args.seed, mpc.discount)

@@ -3,6 +3,7 @@
 Usage::
 
     python benchmarks/pusher_model_diagnosis.py [--steps 6000] [--updates 1000] [--episodes 8] [--quick] [--json]
+                                                [--grid DATA,MODEL,REWARD_WEIGHT ...]
                                                 [--out docs/pusher_model_diagnosis.json]
 
 With the true simulator the shipped planner (CEM, horizon 10, population 128, 3 iterations) pushes the box onto the
@@ -27,6 +28,7 @@ torch thread) and judged two ways:
 
 ``reward_weight`` 100 scales the reward loss to about the size of one normalised state dimension (Pusher2D's
 reward varies with a standard deviation of about 0.1, so its squared error is about 1% of one dimension's).
+``--grid`` replaces the default rows (:data:`MODELS`), e.g. ``--grid pushy,mlp,100 pushy,slot-ssm,100``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,24 @@ def pushy_policy(seed: int):
         return np.clip(a + 0.3 * rng.normal(size=a.shape), -1, 1).astype(np.float32)
 
     return policy
+
+
+def grid_row(text: str) -> tuple[str, str, float]:
+    """``DATA,MODEL,REWARD_WEIGHT`` (``pushy,mlp,100``) for ``--grid``."""
+    parts = text.split(",")
+    if (
+        len(parts) != 3
+        or parts[0] not in ("random", "pushy")
+        or parts[1] not in ("slot-ssm", "slot-transformer", "mlp")
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected DATA,MODEL,REWARD_WEIGHT with DATA random|pushy and "
+            "MODEL slot-ssm|slot-transformer|mlp, e.g. pushy,mlp,100"
+        )
+    try:
+        return parts[0], parts[1], float(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: REWARD_WEIGHT {parts[2]!r} is not a number") from None
 
 
 class TrueReward:
@@ -163,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny data, training and evaluation (a smoke test)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--grid", nargs="+", type=grid_row, help="rows DATA,MODEL,REWARD_WEIGHT (default: MODELS)")
     args = parser.parse_args(argv)
+    rows_to_run = args.grid or MODELS
     if args.quick:
         args.steps, args.updates, args.episodes = 600, 20, 2
     torch.set_num_threads(1)
@@ -173,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     contact: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, policy in (("random", "random"), ("pushy", pushy_policy(args.seed))):
+            if name not in {data for data, _, _ in rows_to_run}:
+                continue
             collect(ENV_ID, args.steps, Path(tmp) / name, policy=policy, seed=args.seed)
             graph = np.load(Path(tmp) / name / "transitions.npz")["local_graph"]
             contact[name] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step
-        for data, kind, reward_weight in MODELS:
+        for data, kind, reward_weight in rows_to_run:
             run = Path(tmp) / f"{data}-{kind}-{reward_weight:g}"
             overrides = {"steps": args.updates, "reward_weight": reward_weight, "threads": 1, "seed": args.seed}
             cfg = apply_overrides(

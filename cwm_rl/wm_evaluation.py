@@ -44,7 +44,9 @@ class Normalizer:
     change exactly, whatever the model outputs there: otherwise a model's small residual output on a target that
     is always 0 becomes a drift of the fixed value in imagination (measured on Pusher2D: the goal moved about
     0.02 per imagined step, in a unit arena). ``delta_fixed`` marks those dimensions (``None`` in normalisers
-    saved before it existed: they keep the old behaviour).
+    saved before it existed: they keep the old behaviour). ``obs_fixed`` marks the observation dimensions that had
+    no spread (kept in raw units as inputs), so :meth:`release_fixed` can give both kinds their real scale once later
+    data shows them vary.
     """
 
     obs_mean: torch.Tensor
@@ -53,6 +55,7 @@ class Normalizer:
     delta_std: torch.Tensor
     action_start: int = 0
     delta_fixed: torch.Tensor | None = None
+    obs_fixed: torch.Tensor | None = None
 
     @classmethod
     def fit(cls, ds: TransitionWindows, window_indices: Sequence[int], action_start: int = 0) -> Normalizer:
@@ -75,26 +78,52 @@ class Normalizer:
             return torch.where(s > _MIN_STD, s, torch.ones_like(s)).float()  # constant dims keep raw units
 
         fixed = delta.std(dim=0, unbiased=False) <= _MIN_STD
-        return cls(obs.mean(0).float(), std(obs), delta.mean(0).float(), std(delta), int(action_start), fixed)
+        obs_fixed = obs.std(dim=0, unbiased=False) <= _MIN_STD
+        return cls(
+            obs.mean(0).float(), std(obs), delta.mean(0).float(), std(delta), int(action_start), fixed, obs_fixed
+        )
 
     def release_fixed(self, obs: Any, next_obs: Any) -> list[int]:
         """Stop holding fixed the dimensions whose change is no longer constant in ``obs -> next_obs``; returns them.
 
-        For a normaliser fitted on early data (an agent's seed steps) that later data can contradict: a dimension
-        released here predicts changes in raw units from then on (its ``delta_std`` stays 1), as before ``fixed``.
+        For a normaliser fitted on early data (an agent's seed steps) that later data can contradict. A released
+        change dimension gets the mean and spread of its change in ``obs -> next_obs``, and an observation dimension
+        that had no spread gets its mean and spread in ``obs``, so both enter the loss and the model on the same
+        scale as the others. Kept in raw units instead (as before ``obs_fixed`` existed), a released dimension of
+        Pusher2D's box (no contact in the seed steps) weighed about 1e-5 of another in the loss, and its inputs were
+        about 1e-2 of the others': the model could not learn pushes. Rescaling them loses nothing the model
+        learned: until now their targets were exactly 0 and their inputs constant (no gradient reached the weights
+        that read them). Normalisers saved before ``obs_fixed`` existed rescale only the change dimensions.
         """
         if self.delta_fixed is None or len(obs) == 0:
             return []
+        obs64 = np.asarray(obs, dtype=np.float64)
+        delta = np.asarray(next_obs, dtype=np.float64) - obs64
+        if self.obs_fixed is not None and bool(self.obs_fixed.any()):
+            dims = self.obs_fixed.nonzero().flatten().numpy()
+            spread = obs64[:, dims].std(0)
+            varied = dims[spread > _MIN_STD]
+            if len(varied):
+                self.obs_fixed, self.obs_mean, self.obs_std = (
+                    t.clone() for t in (self.obs_fixed, self.obs_mean, self.obs_std)
+                )
+                self.obs_fixed[varied] = False
+                self.obs_mean[varied] = torch.as_tensor(obs64[:, varied].mean(0), dtype=torch.float32)
+                self.obs_std[varied] = torch.as_tensor(obs64[:, varied].std(0), dtype=torch.float32)
         dims = self.delta_fixed.nonzero().flatten().numpy()
         if len(dims) == 0:
             return []
-        delta = np.asarray(next_obs, dtype=np.float64)[:, dims] - np.asarray(obs, dtype=np.float64)[:, dims]
-        moved = np.abs(delta - self.delta_mean.double().numpy()[dims]).max(0) > _MIN_STD
-        released = dims[moved].tolist()
-        if released:
-            self.delta_fixed = self.delta_fixed.clone()
+        moved = np.abs(delta[:, dims] - self.delta_mean.double().numpy()[dims]).max(0) > _MIN_STD
+        released = dims[moved]
+        if len(released):
+            self.delta_fixed, self.delta_mean, self.delta_std = (
+                t.clone() for t in (self.delta_fixed, self.delta_mean, self.delta_std)
+            )
             self.delta_fixed[released] = False
-        return released
+            spread = delta[:, released].std(0)
+            self.delta_mean[released] = torch.as_tensor(delta[:, released].mean(0), dtype=torch.float32)
+            self.delta_std[released] = torch.as_tensor(np.where(spread > _MIN_STD, spread, 1.0), dtype=torch.float32)
+        return released.tolist()
 
     def obs(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.obs_mean) / self.obs_std
@@ -121,6 +150,7 @@ class Normalizer:
             "delta_std": self.delta_std,
             "action_start": self.action_start,
             **({} if self.delta_fixed is None else {"delta_fixed": self.delta_fixed}),
+            **({} if self.obs_fixed is None else {"obs_fixed": self.obs_fixed}),
         }
 
     @classmethod

@@ -51,10 +51,42 @@ def test_release_fixed_frees_a_dimension_once_the_data_shows_it_change():
     assert norm.release_fixed(obs, nxt) == []  # the same data: nothing to release
     moved = nxt.copy()
     moved[5, 1] += 0.25  # the "goal" moves once
+    before = norm.state()
     assert norm.release_fixed(obs, moved) == [1]
     assert norm.delta_fixed.tolist() == [False, False, True]
-    assert norm.unnormalize_delta(torch.tensor([[0.0, 0.03, 0.0]]))[0, 1].item() == torch.tensor(0.03).item()
+    # the released dimension gets the scale of its change in the data: a single move of 0.25 among 200 steps
+    change = (moved - obs)[:, 1].astype(np.float64)
+    assert norm.delta_mean[1].item() == np.float32(change.mean())
+    assert norm.delta_std[1].item() == np.float32(change.std())
+    torch.testing.assert_close(
+        norm.delta(torch.tensor([[0.0, 0.25, 1.0]]))[0, 1], torch.tensor(0.25 - 0.25 / 200) / norm.delta_std[1]
+    )
+    torch.testing.assert_close(
+        norm.unnormalize_delta(torch.tensor([[0.0, 2.0, 0.0]]))[0, 1], 2.0 * norm.delta_std[1] + norm.delta_mean[1]
+    )
+    # the others keep their statistics, and the state given out earlier is not changed in place
+    for key in ("delta_mean", "delta_std", "obs_mean", "obs_std"):
+        torch.testing.assert_close(norm.state()[key][[0, 2]], before[key][[0, 2]])
+    assert before["delta_fixed"].tolist() == [False, True, True] and before["delta_std"][1].item() == 1.0
     assert norm.release_fixed(obs[:0], nxt[:0]) == []  # no data: nothing changes
+
+
+def test_release_fixed_gives_inputs_without_spread_their_scale():
+    """An input constant in the seed data (Pusher2D's box velocity before any contact) is in raw units; once the
+    data shows it vary it is standardised like the others."""
+    obs, nxt = _data()
+    norm = Normalizer.from_arrays(obs, nxt)
+    assert norm.obs_fixed.tolist() == [False, True, False] and norm.obs_std[1].item() == 1.0
+    later = obs.copy()
+    later[::2, 1] += 0.01  # small values, as a box's velocity in a unit arena
+    norm.release_fixed(later, later + (nxt - obs))
+    assert norm.obs_fixed.tolist() == [False, False, False]
+    torch.testing.assert_close(norm.obs_std[1], torch.tensor(0.005))
+    scaled = norm.obs(torch.as_tensor(later[:2]))[:, 1]
+    torch.testing.assert_close(scaled, torch.tensor([1.0, -1.0]))
+    old = norm.state()
+    old.pop("obs_fixed")  # a normaliser saved before the field existed still loads
+    assert Normalizer.from_state(old).obs_fixed is None
 
 
 def test_pusher_goal_stays_put_in_imagination():

@@ -236,6 +236,7 @@ def test_env_defaults_then_user_overrides():
         (["dyna.real_ratoi=0.1"], "did you mean 'dyna.real_ratio'"),
         (["dyna.rollout_horizon=0"], "rollout_horizon=0 must be a positive integer"),
         (["dyna.coda_batch=-1"], "coda_batch=-1 must be >= 0"),
+        (["dyna.reward_weight=-1"], "reward_weight=-1.0 must be a number >= 0"),
         (["dyna.coda_batch=1"], "CoDA mixes pairs of transitions"),
         (["dyna.coda_batch=8", "dyna.sb3_kwargs={optimize_memory_usage: true}"], "optimize_memory_usage"),
         (["dyna.algo=sac"], "sac needs a Box action space"),

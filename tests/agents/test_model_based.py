@@ -212,6 +212,8 @@ def test_bad_input():
         mpc_config_for("causal-mpc", {"plannr.horizon": 3})
     with pytest.raises(ConfigError, match="n_envs"):
         MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "n_envs": 0}))
+    with pytest.raises(ConfigError, match="reward_weight=nan must be a number >= 0"):
+        MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "reward_weight": float("nan")}))
     agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", TINY))
     with pytest.raises(InvalidArgumentError, match="shape"):
         agent.predict(np.zeros((2, 3), np.float32))
@@ -219,6 +221,16 @@ def test_bad_input():
         agent.predict(np.full((2, sum(agent.slot_dims)), np.nan, np.float32))
     with pytest.raises(InvalidArgumentError, match="total_env_steps"):
         agent.learn(0)
+
+
+def test_reward_weight_reaches_the_world_model_loss():
+    """Same seed and data, the reward loss weighted 0 or 100: only the reward head's training differs."""
+    losses = {}
+    for weight in (0.0, 100.0):
+        agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", {**TINY, "reward_weight": weight}), seed=0)
+        agent.learn(64)  # the seed steps and the first fit
+        losses[weight] = agent.learner.fit(agent.buffer, 20)
+    assert losses[100.0]["reward"] < losses[0.0]["reward"]
 
 
 def test_evaluation_calls_do_not_disturb_training():
