@@ -9,6 +9,8 @@ Usage::
     python benchmarks/oracle_planning.py --out docs/oracle_planning.json
     python benchmarks/oracle_planning.py --env pusher --out docs/oracle_planning_pusher.json
     python benchmarks/pusher_model_diagnosis.py --out docs/pusher_model_diagnosis.json  # ~15 min
+    python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 --grid pushy,slot-ssm,100 pushy,mlp,100 \
+        --out docs/pusher_model_diagnosis_long.json  # ~25 min
     python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~1 h on 2 cores
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
@@ -399,36 +401,67 @@ def _oracle_section(benches: list[dict]) -> list[str]:
     return lines
 
 
-def _pusher_diagnosis_section(bench: dict) -> list[str]:
-    m = bench["machine"]
-    rate = bench["contact_rate"]
-    lines = [
-        "## Pusher2D: what the learned models get wrong",
-        "",
-        f"`benchmarks/pusher_model_diagnosis.py`: `{bench['env_id']}`, {bench['steps']:,} transitions from uniformly "
-        f"random actions (the agent touches the box in {rate['random']:.1%} of steps) or from a *pushy* policy (a "
-        f"force towards the box 60% of the time, plus noise: contacts in {rate['pushy']:.1%}); world models trained "
-        f"with `wm-train`'s code for {bench['updates']:,} steps. *Push probe*: 256 real states, 10 steps of a force "
-        "towards the box in the env and in the model: the box's mean displacement (real vs imagined) and the mean "
-        "reward error after 1 and 10 steps. *Planning*: the shipped planner (CEM, horizon 10, population 128) plays "
-        f"{bench['episodes']} fixed-seed evaluation episodes with the model, scoring by its reward head or by the "
-        f"env's reward function on the imagined states; random actions on the same episodes score "
-        f"{bench['random_return']:.1f} ± {bench['random_return_se']:.1f}, MPC with the true simulator about -2 (the "
-        f"previous section). Returns are mean ± standard error. On {_machine(m)}, torch {m['torch']}.",
-        "",
-        "| data | model | reward weight | one-step MSE | box moved: real / imagined | reward error @1 / @10 "
-        "| return, learned reward | return, true reward |",
-        "|---|---|---:|---:|---|---|---:|---:|",
-    ]
-    for r in bench["results"]:
-        lines.append(
-            f"| {r['data']} | {r['model']} | {r['reward_weight']:g} | {r['prediction_mse']:.3f} "
-            f"| {r['real_box_moved']:.3f} / {r['imagined_box_moved']:.3f} "
-            f"| {r['reward_error_1']:.3f} / {r['reward_error_10']:.3f} "
-            f"| {r['return_learned_reward']:.1f} ± {r['return_learned_reward_se']:.1f} "
-            f"| {r['return_true_reward']:.1f} ± {r['return_true_reward_se']:.1f} |"
-        )
-    return [*lines, ""]
+def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
+    lines = ["## Pusher2D: what the learned models get wrong", ""]
+    for bench in benches:
+        m = bench["machine"]
+        rate = bench["contact_rate"]
+        data = []
+        if "random" in rate:
+            data.append(f"uniformly random actions (the agent touches the box in {rate['random']:.1%} of steps)")
+        if "pushy" in rate:
+            data.append(
+                "a *pushy* policy (a force towards the box 60% of the time, plus noise: contacts in "
+                f"{rate['pushy']:.1%})"
+            )
+        contact = any("box_step_error_still" in r for r in bench["results"])
+        lines += [
+            f"`benchmarks/pusher_model_diagnosis.py --steps {bench['steps']} --updates {bench['updates']}`: "
+            f"`{bench['env_id']}`, {bench['steps']:,} transitions from {' or from '.join(data)}; world models trained "
+            f"with `wm-train`'s code for {bench['updates']:,} steps. *Push probe*: 256 real states, 10 steps of a "
+            "force towards the box in the env and in the model: the box's mean displacement (real vs imagined) and "
+            "the mean reward error after 1 and 10 steps. "
+            + (
+                "*Contact probe*: on held-out pushy transitions, the one-step error of the box's position where the "
+                "real box stays still and where it moves, and how often the learned `box <- agent` / "
+                "`box <- action` edges are on when the true edge is on (a contact) / off. "
+                if contact
+                else ""
+            )
+            + "*Planning*: the shipped planner (CEM, horizon 10, population 128) plays "
+            f"{bench['episodes']} fixed-seed evaluation episodes with the model, scoring by its reward head or by the "
+            f"env's reward function on the imagined states; random actions on the same episodes score "
+            f"{bench['random_return']:.1f} ± {bench['random_return_se']:.1f}, MPC with the true simulator about -2 "
+            f"(the previous section). Returns are mean ± standard error. On {_machine(m)}, torch {m['torch']}.",
+            "",
+            "| data | model | reward weight | one-step MSE | box moved: real / imagined | reward error @1 / @10 "
+            + (
+                "| box error still / moving | learned box <- agent: contact / none | box <- action: contact / none "
+                if contact
+                else ""
+            )
+            + "| return, learned reward | return, true reward |",
+            "|---|---|---:|---:|---|---|" + ("---|---|---|" if contact else "") + "---:|---:|",
+        ]
+        for r in bench["results"]:
+            probe = ""
+            if contact:
+                probe = f"| {r['box_step_error_still']:.4f} / {r['box_step_error_moving']:.4f} "
+                for name in ("agent", "action"):
+                    if f"box_{name}_edge_when_true" in r:
+                        probe += f"| {r[f'box_{name}_edge_when_true']:.2f} / {r[f'box_{name}_edge_when_false']:.2f} "
+                    else:
+                        probe += "| - "
+            lines.append(
+                f"| {r['data']} | {r['model']} | {r['reward_weight']:g} | {r['prediction_mse']:.3f} "
+                f"| {r['real_box_moved']:.3f} / {r['imagined_box_moved']:.3f} "
+                f"| {r['reward_error_1']:.3f} / {r['reward_error_10']:.3f} "
+                + probe
+                + f"| {r['return_learned_reward']:.1f} ± {r['return_learned_reward_se']:.1f} "
+                f"| {r['return_true_reward']:.1f} ± {r['return_true_reward_se']:.1f} |"
+            )
+        lines.append("")
+    return lines
 
 
 def _memory_section(memory: dict) -> list[str]:
@@ -554,8 +587,8 @@ def main() -> int:
     oracle = [b for b in (_load("oracle_planning.json"), _load("oracle_planning_pusher.json")) if b]
     if oracle:
         lines += _oracle_section(oracle)
-    pusher = _load("pusher_model_diagnosis.json")
-    if pusher and not pusher["quick"]:
+    pusher = [b for b in (_load(f"pusher_model_diagnosis{x}.json") for x in ("", "_long")) if b and not b["quick"]]
+    if pusher:
         lines += _pusher_diagnosis_section(pusher)
     end_to_end = _load("end_to_end.json")
     if end_to_end:

@@ -21,6 +21,11 @@ torch thread) and judged two ways:
 * **push probe**: from 256 real states (after 7 uniform steps), both the env and the model run 10 steps of the
   force towards the box; reported are the box's real and imagined displacement after 10 steps, the box and agent
   position errors, and the reward error after 1 and 10 steps;
+* **contact probe**: on 10,240 held-out transitions of the pushy policy (256 envs x 40 steps, unseen seeds), the
+  one-step error of the box's position, apart for transitions where the real box stays still and where it moves,
+  and, for models with a graph, how often the learned ``box <- agent`` and ``box <- action`` edges are on when the
+  env's true local edge is on (a contact) and when it is off. The box moves only on a contact, so a model must read
+  the agent's position to know whether it moves;
 * **planning**: the shipped planner plans 8 fixed-seed evaluation episodes (the agents' protocol) with the model's
   rollouts, scoring candidates by the model's reward head (``learned reward``) or by the env's reward function
   applied to the imagined states (``true reward``: isolates the dynamics from the reward head); uniformly random
@@ -145,6 +150,36 @@ def push_probe(model, norm, true_reward: TrueReward, seed: int) -> dict[str, flo
     }
 
 
+@torch.no_grad()
+def contact_probe(model, norm, seed: int) -> dict[str, float]:
+    """One-step box error on still / moving boxes, and the learned box edges against the true ones."""
+    venv, _ = make_vector_env(ENV_ID, PROBE_STATES, {})
+    obs, _ = venv.reset(seed=seed)
+    policy = pushy_policy(seed)
+    rows: dict[str, list[np.ndarray]] = {"obs": [], "action": [], "next_obs": [], "graph": []}
+    for _ in range(40):
+        action = policy(obs)
+        nxt, _, _, _, info = venv.step(action)
+        for key, value in zip(rows, (obs, action, nxt, info["local_graph"]), strict=True):
+            rows[key].append(np.asarray(value))
+        obs = nxt
+    venv.close()
+    o, a, n, true = (np.concatenate(v) for v in rows.values())
+    x = torch.as_tensor(o)
+    pred, _ = model.step(model.initial_state(len(x)), norm.obs(x), norm.action(torch.as_tensor(a)))
+    imagined = (x + norm.unnormalize_delta(pred.delta)).numpy()
+    error = np.linalg.norm(imagined[:, BOX] - n[:, BOX], axis=1)
+    moving = np.linalg.norm(n[:, BOX] - o[:, BOX], axis=1) > 1e-9
+    out = {"box_step_error_still": float(error[~moving].mean()), "box_step_error_moving": float(error[moving].mean())}
+    if getattr(pred, "scores", None) is not None:
+        learned = model.local_graph(pred.scores).numpy()
+        for name, parent in (("agent", 0), ("action", -1)):
+            on = true[:, 1, parent]
+            out[f"box_{name}_edge_when_true"] = float(learned[on, 1, parent].mean())
+            out[f"box_{name}_edge_when_false"] = float(learned[~on, 1, parent].mean())
+    return out
+
+
 class ModelPlanner:
     """The shipped planner scoring candidates with a world model's rollouts (``predict`` for the eval protocol)."""
 
@@ -217,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 "prediction_mse": metrics["prediction_mse"],
                 "train_s": round(train_s, 1),
                 **push_probe(model, norm, true_reward, args.seed + 100),
+                **contact_probe(model, norm, args.seed + 200),
             }
             for label, reward in (("learned_reward", None), ("true_reward", true_reward)):
                 start = time.perf_counter()
@@ -229,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(
                     f"{data:>6} {kind:>8} rw {reward_weight:>5g}  box moved real {row['real_box_moved']:.3f} "
-                    f"imagined {row['imagined_box_moved']:.3f}  reward err {row['reward_error_1']:.3f}/"
+                    f"imagined {row['imagined_box_moved']:.3f}  one-step box error still "
+                    f"{row['box_step_error_still']:.4f} moving {row['box_step_error_moving']:.4f}  "
+                    f"reward err {row['reward_error_1']:.3f}/"
                     f"{row['reward_error_10']:.3f}  return learned {row['return_learned_reward']:.1f} "
                     f"true {row['return_true_reward']:.1f}",
                     flush=True,

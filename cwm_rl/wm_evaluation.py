@@ -90,10 +90,11 @@ class Normalizer:
         change dimension gets the mean and spread of its change in ``obs -> next_obs``, and an observation dimension
         that had no spread gets its mean and spread in ``obs``, so both enter the loss and the model on the same
         scale as the others. Kept in raw units instead (as before ``obs_fixed`` existed), a released dimension of
-        Pusher2D's box (no contact in the seed steps) weighed about 1e-5 of another in the loss, and its inputs were
-        about 1e-2 of the others': the model could not learn pushes. Rescaling them loses nothing the model
-        learned: until now their targets were exactly 0 and their inputs constant (no gradient reached the weights
-        that read them). Normalisers saved before ``obs_fixed`` existed rescale only the change dimensions.
+        Pusher2D's box (no contact in the seed steps) moves about 0.01 per step at a contact and not at all
+        otherwise, so its squared error counted 1e-4 or less of a normalised dimension's, and its velocity inputs
+        were about 1e-2 of the others' scale: the model had no reason to learn pushes. Rescaling them loses nothing
+        the model learned: until now their targets were exactly 0 and their inputs constant (no gradient reached the
+        weights that read them). Normalisers saved before ``obs_fixed`` existed rescale only the change dimensions.
         """
         if self.delta_fixed is None or len(obs) == 0:
             return []

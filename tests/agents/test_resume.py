@@ -148,7 +148,12 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_metrics(t
     run, rng, kills = tmp_path / "killed", random.Random(7), []
     proc = subprocess.Popen(_train_cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     for _ in range(3):
-        time.sleep(rng.uniform(3.0, 7.0))  # the interpreter starts in about 2 s; the whole run takes about 11 s
+        # Wait for the run's first snapshot (the interpreter starts in about 2 s; the whole run takes about 11 s on
+        # a quiet machine, much longer on a loaded one), then kill at a random moment after it.
+        deadline = time.monotonic() + 240
+        while not (run / SNAPSHOT_NAME).is_file() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 2.0))
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
