@@ -85,8 +85,9 @@ class DynaConfig:
         train_every: real env steps between world-model refits; imagined data is regenerated after each.
         first_updates: gradient steps of the first world-model fit; ``updates`` of every later one.
         buffer_size: real transitions the world model keeps (FIFO), so memory stays bounded in long runs.
-        window, batch_size, lr, sparsity_weight, reward_weight: world-model training (as in ``cwm-rl wm-train``;
-            ``reward_weight`` scales the reward head's squared error, in the env's raw reward units); ``batch_size``
+        window, batch_size, lr, sparsity_weight, reward_weight, prediction_loss: world-model training (as in
+            ``cwm-rl wm-train``; ``reward_weight`` scales the reward head's squared error, in the env's raw reward
+            units; ``prediction_loss`` is ``mse`` or ``l1``); ``batch_size``
             is the world model's (windows per step), SB3's own is ``sb3_kwargs.batch_size``.
         rollout_horizon: MBPO's k, imagined steps per rollout (a rollout also stops at a predicted termination).
         rollout_batch: imagined rollouts (real start states) per refit (MBPO's rollout batch size).
@@ -115,6 +116,7 @@ class DynaConfig:
     lr: float = 1e-3
     sparsity_weight: float = 0.02
     reward_weight: float = 1.0
+    prediction_loss: str = "mse"
     rollout_horizon: int = 1
     rollout_batch: int = 1000
     model_buffer_size: int = 20_000

@@ -51,8 +51,9 @@ class MPCConfig:
         train_every: env steps between world-model refits.
         first_updates: gradient steps of the first fit; ``updates`` of every later one.
         buffer_size: real transitions kept (FIFO), so memory stays bounded in long runs.
-        window, batch_size, lr, sparsity_weight, reward_weight: world-model training (as in ``cwm-rl wm-train``;
-            ``reward_weight`` scales the reward head's squared error, in the env's raw reward units).
+        window, batch_size, lr, sparsity_weight, reward_weight, prediction_loss: world-model training (as in
+            ``cwm-rl wm-train``; ``reward_weight`` scales the reward head's squared error, in the env's raw reward
+            units; ``prediction_loss`` is ``mse`` or ``l1``).
         discount: discount of imagined rewards.
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).
@@ -78,6 +79,7 @@ class MPCConfig:
     lr: float = 1e-3
     sparsity_weight: float = 0.02
     reward_weight: float = 1.0
+    prediction_loss: str = "mse"
     discount: float = 0.99
     threads: int = 1
     planner: PlannerConfig = field(default_factory=lambda: PlannerConfig(name="auto"))

@@ -68,14 +68,16 @@ class ProbeConfig:
         first_updates: gradient steps of the first fit; ``updates`` of every later one.
         train_every: real transitions between fits.
         buffer_size: transitions kept (FIFO), so memory stays bounded in long runs.
-        window, lr, sparsity_weight, reward_weight: world-model training, as the model-based agent's defaults.
+        window, lr, sparsity_weight, reward_weight, prediction_loss: world-model training, as the model-based
+            agent's defaults.
         batch_size: windows per gradient step (16, half the model-based agent's: per second of CPU, small batches
             of a small model learned the Pong graph fastest in a quick sweep).
         threads: torch CPU threads while fitting and judging (1 is fastest for these small batches; the caller's
             setting is restored afterwards).
 
     The world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``, ``batch_size``,
-    ``sparsity_weight``, ``reward_weight``) are those of :class:`~cwm_rl.agents.world_model_learner.LearnerConfig`.
+    ``sparsity_weight``, ``reward_weight``, ``prediction_loss``) are those of
+    :class:`~cwm_rl.agents.world_model_learner.LearnerConfig`.
     """
 
     model: str = "slot-ssm"
@@ -89,6 +91,7 @@ class ProbeConfig:
     lr: float = 1e-3
     sparsity_weight: float = 0.02
     reward_weight: float = 1.0
+    prediction_loss: str = "mse"
     threads: int = 1
     slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=16))
     mlp_hidden: int = 256

@@ -35,7 +35,7 @@ from cwm_rl.errors import InvalidArgumentError
 from cwm_rl.models.factory import make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.wm_evaluation import Normalizer
-from cwm_rl.wm_training import WMTrainConfig, world_model_loss
+from cwm_rl.wm_training import PREDICTION_LOSSES, WMTrainConfig, world_model_loss
 
 from .sequence_buffer import SequenceBuffer
 
@@ -131,12 +131,16 @@ class LearnerConfig(Protocol):
     batch_size: int
     sparsity_weight: float
     reward_weight: float
+    prediction_loss: str
 
 
 def check_loss_weights(cfg: LearnerConfig) -> None:
-    """One line if the learning rate or a loss weight cannot work (an agent config's check calls it)."""
+    """One line if the learning rate, a loss weight or the loss kind cannot work (an agent config's check calls
+    it)."""
     if not (np.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"lr={cfg.lr} must be a number > 0")
+    if cfg.prediction_loss not in PREDICTION_LOSSES:
+        raise ConfigError(f"prediction_loss={cfg.prediction_loss!r} is not one of {PREDICTION_LOSSES}")
     for name in ("sparsity_weight", "reward_weight"):
         value = getattr(cfg, name)
         if not (np.isfinite(value) and value >= 0):
@@ -149,7 +153,7 @@ class WorldModelLearner:
     Args:
         layout: the env's slots and action space.
         config: the world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``,
-            ``batch_size``, ``sparsity_weight``, ``reward_weight``) of the agent's config.
+            ``batch_size``, ``sparsity_weight``, ``reward_weight``, ``prediction_loss``) of the agent's config.
         seed: seeds the model's initialisation, the batch draws and the gradient steps' torch stream.
         env_kwargs: env constructor arguments (for the evaluation data of :meth:`metrics`).
         log: optional ``callable(tag, value)`` for the fit losses (``world_model/<part>``, ``world_model/fit_seconds``);
@@ -210,7 +214,12 @@ class WorldModelLearner:
             for dim in self.norm.release_fixed(data["obs"], data["next_obs"]):
                 if self.log is not None:
                     self.log(f"world_model/released_fixed_dim_{dim}", 1.0)
-        loss_cfg = WMTrainConfig(model=cfg.model, sparsity_weight=cfg.sparsity_weight, reward_weight=cfg.reward_weight)
+        loss_cfg = WMTrainConfig(
+            model=cfg.model,
+            sparsity_weight=cfg.sparsity_weight,
+            reward_weight=cfg.reward_weight,
+            prediction_loss=cfg.prediction_loss,
+        )
         slot_dims = self.layout.slot_dims
         self.model.train()
         sums: dict[str, float] = {}

@@ -401,6 +401,12 @@ def _oracle_section(benches: list[dict]) -> list[str]:
     return lines
 
 
+def _with_overrides(row: dict) -> str:
+    """The model's name, with the row's extra ``wm-train`` keys (``--grid ...,KEY=VALUE``) if any."""
+    extra = row.get("overrides") or {}
+    return row["model"] + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
+
+
 def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
     lines = ["## Pusher2D: what the learned models get wrong", ""]
     for bench in benches:
@@ -453,7 +459,7 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                     else:
                         probe += "| - "
             lines.append(
-                f"| {r['data']} | {r['model']} | {r['reward_weight']:g} | {r['prediction_mse']:.3f} "
+                f"| {r['data']} | {_with_overrides(r)} | {r['reward_weight']:g} | {r['prediction_mse']:.3f} "
                 f"| {r['real_box_moved']:.3f} / {r['imagined_box_moved']:.3f} "
                 f"| {r['reward_error_1']:.3f} / {r['reward_error_10']:.3f} "
                 + probe
@@ -587,7 +593,10 @@ def main() -> int:
     oracle = [b for b in (_load("oracle_planning.json"), _load("oracle_planning_pusher.json")) if b]
     if oracle:
         lines += _oracle_section(oracle)
-    pusher = [b for b in (_load(f"pusher_model_diagnosis{x}.json") for x in ("", "_long")) if b and not b["quick"]]
+    names = ["pusher_model_diagnosis.json", "pusher_model_diagnosis_long.json"]
+    names += sorted(f.name for f in DOCS.glob("pusher_model_diagnosis_*.json") if f.name not in names)
+    pusher = [_load(name) for name in names]
+    pusher = [b for b in pusher if b and not b["quick"]]
     if pusher:
         lines += _pusher_diagnosis_section(pusher)
     end_to_end = _load("end_to_end.json")

@@ -33,7 +33,8 @@ torch thread) and judged two ways:
 
 ``reward_weight`` 100 scales the reward loss to about the size of one normalised state dimension (Pusher2D's
 reward varies with a standard deviation of about 0.1, so its squared error is about 1% of one dimension's).
-``--grid`` replaces the default rows (:data:`MODELS`), e.g. ``--grid pushy,mlp,100 pushy,slot-ssm,100``.
+``--grid`` replaces the default rows (:data:`MODELS`), e.g. ``--grid pushy,mlp,100 pushy,slot-ssm,100``; a row may
+add ``wm-train`` config keys: ``pushy,mlp,100,prediction_loss=l1``.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, report  # noqa: E402
@@ -90,22 +92,26 @@ def pushy_policy(seed: int):
     return policy
 
 
-def grid_row(text: str) -> tuple[str, str, float]:
-    """``DATA,MODEL,REWARD_WEIGHT`` (``pushy,mlp,100``) for ``--grid``."""
+def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
+    """``DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...]`` for ``--grid``: ``pushy,mlp,100`` or
+    ``pushy,slot-ssm,100,prediction_loss=l1,sparsity_weight=0.002`` (extra ``wm-train`` config keys)."""
     parts = text.split(",")
     if (
-        len(parts) != 3
+        len(parts) < 3
         or parts[0] not in ("random", "pushy")
         or parts[1] not in ("slot-ssm", "slot-transformer", "mlp")
+        or any("=" not in p for p in parts[3:])
     ):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected DATA,MODEL,REWARD_WEIGHT with DATA random|pushy and "
-            "MODEL slot-ssm|slot-transformer|mlp, e.g. pushy,mlp,100"
+            f"{text!r}: expected DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...] with DATA random|pushy and "
+            "MODEL slot-ssm|slot-transformer|mlp, e.g. pushy,mlp,100 or pushy,mlp,100,prediction_loss=l1"
         )
     try:
-        return parts[0], parts[1], float(parts[2])
+        weight = float(parts[2])
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: REWARD_WEIGHT {parts[2]!r} is not a number") from None
+    extra = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in parts[3:])}
+    return parts[0], parts[1], weight, extra
 
 
 class TrueReward:
@@ -218,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny data, training and evaluation (a smoke test)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", help="write the results as JSON to this file")
-    parser.add_argument("--grid", nargs="+", type=grid_row, help="rows DATA,MODEL,REWARD_WEIGHT (default: MODELS)")
+    parser.add_argument(
+        "--grid", nargs="+", type=grid_row, help="rows DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...] (default: MODELS)"
+    )
     args = parser.parse_args(argv)
-    rows_to_run = args.grid or MODELS
+    rows_to_run = args.grid or [(*row, {}) for row in MODELS]
     if args.quick:
         args.steps, args.updates, args.episodes = 600, 20, 2
     torch.set_num_threads(1)
@@ -230,14 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     contact: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, policy in (("random", "random"), ("pushy", pushy_policy(args.seed))):
-            if name not in {data for data, _, _ in rows_to_run}:
+            if name not in {row[0] for row in rows_to_run}:
                 continue
             collect(ENV_ID, args.steps, Path(tmp) / name, policy=policy, seed=args.seed)
             graph = np.load(Path(tmp) / name / "transitions.npz")["local_graph"]
             contact[name] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step
-        for data, kind, reward_weight in rows_to_run:
-            run = Path(tmp) / f"{data}-{kind}-{reward_weight:g}"
+        for data, kind, reward_weight, extra in rows_to_run:
+            run = Path(tmp) / f"{data}-{kind}-{reward_weight:g}-{len(rows)}"
             overrides = {"steps": args.updates, "reward_weight": reward_weight, "threads": 1, "seed": args.seed}
+            overrides.update(extra)
             cfg = apply_overrides(
                 WMTrainConfig(data=str(Path(tmp) / data), env_id=ENV_ID, model=kind), overrides, where="benchmark"
             )
@@ -249,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 "data": data,
                 "model": kind,
                 "reward_weight": reward_weight,
+                "overrides": extra,
                 "prediction_mse": metrics["prediction_mse"],
                 "train_s": round(train_s, 1),
                 **push_probe(model, norm, true_reward, args.seed + 100),
@@ -264,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             if not args.json:
                 print(
-                    f"{data:>6} {kind:>8} rw {reward_weight:>5g}  box moved real {row['real_box_moved']:.3f} "
+                    f"{data:>6} {kind:>8} rw {reward_weight:>5g} {extra or ''}  "
+                    f"box moved real {row['real_box_moved']:.3f} "
                     f"imagined {row['imagined_box_moved']:.3f}  one-step box error still "
                     f"{row['box_step_error_still']:.4f} moving {row['box_step_error_moving']:.4f}  "
                     f"reward err {row['reward_error_1']:.3f}/"

@@ -36,6 +36,7 @@ from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.wm_evaluation import Normalizer, evaluate_teacher_forced, evaluate_windows
 
 LR_SCHEDULES = ("constant", "cosine")
+PREDICTION_LOSSES = ("mse", "l1")
 
 
 @dataclass
@@ -59,6 +60,11 @@ class WMTrainConfig:
         sparsity_weight: weight of the cross-slot attention's sparsity penalty (0.02: on Pong with hard gates, 0.05
             and 0.5 closed the action edge (F1 0.76, 0.32), 0.02 kept every true edge).
         reward_weight: weight of the reward loss; ``termination_weight`` of the termination loss.
+        prediction_loss: ``mse`` (default) or ``l1``, the error of the normalised state changes. A squared error
+            fits the conditional mean: where the model cannot yet tell whether an event happens (Pusher2D's
+            contacts), it predicts a fraction of the event's change every time, and in imagination that phantom
+            motion compounds. The absolute error fits the conditional median, which is "no change" while the event
+            is the rarer outcome (measured in docs/design_notes.md, "Pusher2D, session 12").
         mask_interventions: leave a slot out of the prediction loss in the transitions where it was intervened on
             (``intervened`` in the data). An exogenous intervention replaces the slot's mechanism with a random
             value, which no model can predict from the past; fitting it anyway pulls every prediction towards the
@@ -90,6 +96,7 @@ class WMTrainConfig:
     weight_decay: float = 0.0
     sparsity_weight: float = 0.02
     reward_weight: float = 1.0
+    prediction_loss: str = "mse"
     termination_weight: float = 0.1
     mask_interventions: bool = True
     val_fraction: float = 0.1
@@ -110,6 +117,8 @@ def check_config(cfg: WMTrainConfig) -> None:
     for name in ("lr", "sparsity_weight", "reward_weight", "termination_weight", "weight_decay"):
         if getattr(cfg, name) < 0 or not np.isfinite(getattr(cfg, name)):
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
+    if cfg.prediction_loss not in PREDICTION_LOSSES:
+        raise ConfigError(f"prediction_loss={cfg.prediction_loss!r} is not one of {PREDICTION_LOSSES}")
     if cfg.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"lr_schedule={cfg.lr_schedule!r} is not one of {LR_SCHEDULES}")
     if not 0.0 < cfg.val_fraction < 1.0:
@@ -156,10 +165,11 @@ def world_model_loss(
     target = norm.delta(batch["next_obs"] - batch["obs"])
     mask = batch["local_graph"] if cfg.model == "oracle" else None
     pred = model(obs, norm.action(batch["action"]), mask)
+    kind = getattr(cfg, "prediction_loss", "mse")
     if cfg.mask_interventions and slot_dims is not None and "intervened" in batch:
-        prediction = mechanism_mse(pred.delta, target, batch["intervened"], slot_dims)
+        prediction = mechanism_loss(pred.delta, target, batch["intervened"], slot_dims, kind)
     else:
-        prediction = F.mse_loss(pred.delta, target)
+        prediction = mechanism_loss(pred.delta, target, None, None, kind)
     parts = {
         "prediction": prediction,
         "reward": F.mse_loss(pred.reward, batch["reward"]),
@@ -185,16 +195,26 @@ def make_optimizer(
     return optim, torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=cfg.steps, eta_min=cfg.lr / 10)
 
 
-def mechanism_mse(
-    pred: torch.Tensor, target: torch.Tensor, intervened: torch.Tensor, slot_dims: Sequence[int]
+def mechanism_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    intervened: torch.Tensor | None,
+    slot_dims: Sequence[int] | None,
+    kind: str = "mse",
 ) -> torch.Tensor:
-    """Mean squared error of ``pred`` vs ``target`` ``(..., obs_dim)`` over the entries of slots not intervened on.
+    """Mean squared (``kind="mse"``) or absolute (``"l1"``) error of ``pred`` vs ``target`` ``(..., obs_dim)`` over
+    the entries of slots not intervened on.
 
-    ``intervened`` is ``(..., n_slots)`` bool; each slot's flag covers its ``slot_dims`` entries. If every slot of
-    the batch was intervened on, the loss is 0 (with a gradient), not NaN.
+    ``intervened`` is ``(..., n_slots)`` bool; each slot's flag covers its ``slot_dims`` entries (``None``: every
+    entry counts). If every slot of the batch was intervened on, the loss is 0 (with a gradient), not NaN.
     """
+    if kind not in PREDICTION_LOSSES:
+        raise ConfigError(f"prediction_loss={kind!r} is not one of {PREDICTION_LOSSES}")
+    error = (pred - target).abs() if kind == "l1" else (pred - target) ** 2
+    if intervened is None:
+        return error.mean()
     keep = (~intervened.bool()).repeat_interleave(torch.as_tensor(list(slot_dims)), dim=-1).to(pred.dtype)
-    return ((pred - target) ** 2 * keep).sum() / keep.sum().clamp_min(1.0)
+    return (error * keep).sum() / keep.sum().clamp_min(1.0)
 
 
 def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, Any]:

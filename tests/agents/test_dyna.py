@@ -237,6 +237,7 @@ def test_env_defaults_then_user_overrides():
         (["dyna.rollout_horizon=0"], "rollout_horizon=0 must be a positive integer"),
         (["dyna.coda_batch=-1"], "coda_batch=-1 must be >= 0"),
         (["dyna.reward_weight=-1"], "reward_weight=-1.0 must be a number >= 0"),
+        (["dyna.prediction_loss=huber"], "prediction_loss='huber' is not one of ('mse', 'l1')"),
         (["dyna.coda_batch=1"], "CoDA mixes pairs of transitions"),
         (["dyna.coda_batch=8", "dyna.sb3_kwargs={optimize_memory_usage: true}"], "optimize_memory_usage"),
         (["dyna.algo=sac"], "sac needs a Box action space"),
