@@ -36,6 +36,9 @@ from .sequence_buffer import SequenceBuffer
 from .value import ValueFunction
 from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner, check_loss_weights
 
+REWARD_SOURCES = ("model", "env")
+"""How the MPC agents score imagined steps (``MPCConfig.reward``)."""
+
 MPC_AGENTS = {"causal-mpc": "slot-ssm", "transformer-mpc": "slot-transformer", "mlp-mpc": "mlp"}
 """Agent id -> world model kind (:mod:`cwm_rl.models.factory`)."""
 
@@ -61,6 +64,12 @@ class MPCConfig:
         value: also learn a state value by TD(0) on the real transitions (:mod:`cwm_rl.agents.value`, fitted with
             the world model, as many updates) and add ``discount**H * V(s_H)`` to each imagined return, so the
             planner sees past its horizon (TD-MPC style). Off by default until it is measured to help.
+        reward: how imagined steps are scored: ``model`` (default), the world model's reward and termination heads;
+            ``env``, the env's own reward function of the observation reached
+            (:meth:`~cwm_rl.envs.CausalEnv.reward_from_observation`, where the env has one: Pusher2D), applied to
+            the imagined observations, so the model supplies only the dynamics. ``env`` gives the agent knowledge a
+            model-free learner must learn from samples (mbrl-lib's PETS plans with such known reward functions);
+            report it with any comparison.
         imagination_mask: gate interactions in imagination with the model's learned local graph (edges at or below
             the threshold carry nothing; :func:`cwm_rl.models.attention.edge_mode` ``"learned"``); false lets every
             edge carry information in proportion to its score (``"soft"``). For the default hard-gated slot model
@@ -87,6 +96,7 @@ class MPCConfig:
     mlp_hidden: int = 256
     mlp_layers: int = 3
     value: bool = False
+    reward: str = "model"
     imagination_mask: bool = True
 
 
@@ -104,6 +114,8 @@ def check_mpc_config(cfg: MPCConfig) -> None:
         raise ConfigError(f"buffer_size={cfg.buffer_size} must hold at least window * n_envs transitions")
     if not (0.0 < cfg.discount <= 1.0):
         raise ConfigError(f"discount={cfg.discount} must be in (0, 1]")
+    if cfg.reward not in REWARD_SOURCES:
+        raise ConfigError(f"reward={cfg.reward!r} is not one of {', '.join(REWARD_SOURCES)}")
     check_loss_weights(cfg)
     validate_config(cfg.planner)
 
@@ -133,6 +145,11 @@ class MPCAgent(LearnerViews):
         self.env_kwargs = dict(env_kwargs or {})
         self.log = log
         self.env, self.env_id = make_vector_env(env_id, cfg.n_envs, self.env_kwargs)
+        if cfg.reward == "env" and not getattr(self.env.env, "has_observation_reward", False):
+            raise ConfigError(
+                f"reward=env: {self.env_id} has no reward function of the observation "
+                "(CausalEnv.reward_from_observation); use reward=model"
+            )
         self.action_space = self.env.single_action_space
         layout = EnvLayout.of(self.env, self.env_id)
         self.slot_names = layout.slot_names
@@ -170,11 +187,20 @@ class MPCAgent(LearnerViews):
             return np.stack([self.action_space.sample() for _ in range(len(obs))])
         return self._plan(obs, self._planner(len(obs)))
 
+    @property
+    def _reward_fn(self) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None:
+        """The env's reward function of the observation for imagination (``reward=env``), else None."""
+        if self.config.reward != "env":
+            return None
+        return self.env.env.reward_from_observation
+
     def _plan(self, obs: np.ndarray, planner: Any) -> np.ndarray:
         torch.set_num_threads(self.config.threads)
         value = self.value
         terminal = (lambda x: value(x, self.norm)) if value is not None and value.updates else None
-        imagination = Imagination(self.model, self.norm, self.config.discount, terminal_value=terminal)
+        imagination = Imagination(
+            self.model, self.norm, self.config.discount, terminal_value=terminal, reward_fn=self._reward_fn
+        )
         with edge_mode(self.model, "learned" if self.config.imagination_mask else "soft"):
             return planner.plan(lambda actions: imagination.returns(obs, actions))
 

@@ -65,6 +65,10 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
     * ``_perturb_slot(state, slot, rng) -> State``: move one slot of a batch-of-one state within its
       neighbourhood (small noise for continuous values, a different value for discrete ones).
     * ``_render_frame(state) -> (H, W, 3) uint8`` for a batch-of-one state.
+
+    Optional: :meth:`reward_from_observation`, the reward and termination as a function of the next observation,
+    where the env has one; planners can then score imagined states with it (``mpc.reward=env``), as mbrl-lib's
+    PETS does with its known reward functions.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 15}
@@ -145,6 +149,16 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
 
     def _render_frame(self, state: State) -> np.ndarray:
         raise NotImplementedError
+
+    has_observation_reward: ClassVar[bool] = False
+    """True where :meth:`reward_from_observation` is implemented."""
+
+    def reward_from_observation(self, next_obs: Any) -> tuple[Any, Any]:
+        """``(reward, terminated)`` of transitions into ``next_obs (..., obs_dim)`` (numpy arrays or torch tensors,
+        the same kind back), where the env's reward is a function of the observation reached; the env's own step
+        gives the same values. Not every env has one (Pong's reward depends on the ball's crossing, which the
+        observation after a point does not keep): see :attr:`has_observation_reward`."""
+        raise NotImplementedError(f"{type(self).__name__} has no reward function of the observation")
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from gymnasium import spaces
 
@@ -183,6 +185,19 @@ class Pusher2DEnv(CausalEnv):
         low = np.array(obj_low * (2 + k) + [0.0, 0.0])
         high = np.array(obj_high * (2 + k) + [1.0, 1.0])
         self._init_causal(slot_dims, graph, low, high, spaces.Box(-1.0, 1.0, (2,), dtype=np.float32))
+
+    has_observation_reward = True
+
+    def reward_from_observation(self, next_obs: Any) -> tuple[Any, Any]:
+        """The step's reward and termination from the observation it reaches (exactly what ``step`` returns, up to
+        float32 rounding of the observation): ``-|box - goal| - 0.1 |agent - box| + success_bonus`` on reaching the
+        goal."""
+        agent, box = next_obs[..., 0:2], next_obs[..., self.slot_slices["box"]][..., 0:2]
+        goal = next_obs[..., self.slot_slices["goal"]]
+        box_goal = ((box - goal) ** 2).sum(-1) ** 0.5
+        terminated = box_goal < self.goal_radius
+        reward = -box_goal - 0.1 * ((agent - box) ** 2).sum(-1) ** 0.5 + self.success_bonus * terminated
+        return reward, terminated
 
     # ------------------------------------------------------------------ batched dynamics
     # State: "agent" (B, 4), "box" (B, 4), "dist" (B, K, 4) as (x, y, vx, vy); "goal" (B, 2). Float64 throughout.

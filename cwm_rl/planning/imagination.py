@@ -41,6 +41,9 @@ class Imagination:
         discount: discount of imagined rewards in :meth:`returns`.
         terminal_value: optional ``V(obs) -> (n,)`` on raw observations: the return expected after the last
             imagined step, added to :meth:`returns` discounted (a learned value, TD-MPC style).
+        reward_fn: optional ``next_obs (n, obs_dim) -> (reward (n,), terminated (n,) bool)`` on raw observations,
+            used instead of the model's reward and termination heads (a known reward function of the state, e.g.
+            :meth:`cwm_rl.envs.CausalEnv.reward_from_observation`); the model then supplies only the dynamics.
     """
 
     def __init__(
@@ -49,11 +52,13 @@ class Imagination:
         norm: Normalizer,
         discount: float = 0.99,
         terminal_value: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        reward_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.model = model
         self.norm = norm
         self.discount = discount
         self.terminal_value = terminal_value
+        self.reward_fn = reward_fn
 
     @torch.no_grad()
     def rollout(self, obs: np.ndarray | torch.Tensor, actions: torch.Tensor) -> Rollout:
@@ -73,9 +78,14 @@ class Imagination:
         for h in range(horizon):
             pred, state = step(state, self.norm.obs(x), self.norm.action(flat[:, h]))
             x = x + self.norm.unnormalize_delta(pred.delta)
-            alive = alive * (1.0 - torch.sigmoid(pred.termination_logit))
+            if self.reward_fn is None:
+                reward, ended = pred.reward, torch.sigmoid(pred.termination_logit)
+            else:
+                reward, terminated = self.reward_fn(x)
+                ended = terminated.to(x.dtype)
+            alive = alive * (1.0 - ended)
             out_obs.append(x)
-            rewards.append(pred.reward)
+            rewards.append(reward.to(x.dtype))
             conts.append(alive)
             if pred.scores is not None:
                 scores.append(pred.scores)

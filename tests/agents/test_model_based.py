@@ -95,6 +95,39 @@ def test_imagination_returns_are_discounted_and_stop_at_predicted_termination():
     torch.testing.assert_close(returns, expected, atol=1e-4, rtol=0)
 
 
+def test_a_reward_function_replaces_the_models_reward_and_termination_heads():
+    """``reward_fn`` scores the imagined observations: the model's heads (reward = obs, end at step 2) are ignored."""
+    from cwm_rl.planning.imagination import Imagination
+    from cwm_rl.wm_evaluation import Normalizer
+
+    norm = Normalizer(torch.zeros(1), torch.ones(1), torch.zeros(1), torch.ones(1))
+    imagination = Imagination(
+        _LineModel(),
+        norm,
+        discount=0.5,
+        reward_fn=lambda x: (-x[:, 0], x[:, 0] >= 3),  # ends on reaching 3
+    )
+    obs = np.array([[0.0]], np.float32)
+    roll = imagination.rollout(obs, torch.tensor([[[1, 1, 1, 1]]]))
+    torch.testing.assert_close(roll.reward, torch.tensor([[-1.0, -2.0, -3.0, -4.0]]))
+    torch.testing.assert_close(roll.continuation, torch.tensor([[1.0, 1.0, 0.0, 0.0]]))
+    # -1 - 0.5 * 2 - 0.25 * 3, and nothing after the step that reached 3 (the model's own end at step 2 is ignored)
+    torch.testing.assert_close(imagination.returns(obs, torch.tensor([[[1, 1, 1, 1]]])), torch.tensor([[-2.75]]))
+
+
+def test_mpc_with_the_envs_reward_plans_with_it_and_other_envs_refuse():
+    agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", {**TINY, "reward": "env"}), seed=0)
+    assert agent._reward_fn is not None
+    agent.learn(80)
+    actions = agent.predict(np.asarray(agent._obs))
+    assert actions.shape == (2, 2) and np.isfinite(actions).all()
+    assert MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=0)._reward_fn is None
+    with pytest.raises(ConfigError, match="InterventionalPong-v0 has no reward function of the observation"):
+        MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "reward": "env"}))
+    with pytest.raises(ConfigError, match="reward='true' is not one of model, env"):
+        MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", {**TINY, "reward": "true"}))
+
+
 def test_terminal_value_is_added_discounted_and_only_while_the_episode_runs():
     from cwm_rl.planning.imagination import Imagination
     from cwm_rl.wm_evaluation import Normalizer

@@ -181,3 +181,33 @@ class TestPusher2D:
     def test_bad_kwargs(self, kwargs):
         with pytest.raises(InvalidArgumentError):
             Pusher2DEnv(**kwargs)
+
+
+def test_reward_from_the_observation_is_the_step_reward():
+    """What ``mpc.reward=env`` scores imagined states with: the step's reward and termination, from ``next_obs``."""
+    import torch
+
+    env = gym.make("cwm/Pusher2D-v0", n_distractors=2, goal_radius=0.1)  # goal slot after two distractors
+    core = env.unwrapped
+    assert core.has_observation_reward
+    obs, _ = env.reset(seed=3)
+    rng, terminations = np.random.default_rng(0), 0
+    for _ in range(3000):
+        to_box = obs[4:6] - obs[0:2]  # drive at the box, with noise: it reaches the goal now and then
+        action = np.clip(to_box * 20 + rng.normal(0, 0.5, 2), -1, 1).astype(np.float32)
+        obs, reward, terminated, truncated, _ = env.step(action)
+        r, t = core.reward_from_observation(obs)
+        assert r == pytest.approx(reward, abs=1e-6) and bool(t) == terminated
+        r_t, t_t = core.reward_from_observation(torch.as_tensor(obs))
+        assert r_t.item() == pytest.approx(reward, abs=1e-6) and bool(t_t) == terminated
+        terminations += terminated
+        if terminated or truncated:
+            obs, _ = env.reset()
+    assert terminations > 0  # the bonus and the termination were checked too
+
+
+def test_envs_without_a_reward_function_of_the_observation_say_so():
+    pong = gym.make("cwm/InterventionalPong-v0").unwrapped
+    assert not pong.has_observation_reward
+    with pytest.raises(NotImplementedError, match="no reward function of the observation"):
+        pong.reward_from_observation(np.zeros(pong.observation_space.shape, np.float32))
