@@ -165,7 +165,7 @@ def world_model_loss(
     target = norm.delta(batch["next_obs"] - batch["obs"])
     mask = batch["local_graph"] if cfg.model == "oracle" else None
     pred = model(obs, norm.action(batch["action"]), mask)
-    kind = getattr(cfg, "prediction_loss", "mse")
+    kind = cfg.prediction_loss
     if cfg.mask_interventions and slot_dims is not None and "intervened" in batch:
         prediction = mechanism_loss(pred.delta, target, batch["intervened"], slot_dims, kind)
     else:

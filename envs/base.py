@@ -156,8 +156,8 @@ class CausalEnv(gym.Env[np.ndarray, Any]):
     def reward_from_observation(self, next_obs: Any) -> tuple[Any, Any]:
         """``(reward, terminated)`` of transitions into ``next_obs (..., obs_dim)`` (numpy arrays or torch tensors,
         the same kind back), where the env's reward is a function of the observation reached; the env's own step
-        gives the same values. Not every env has one (Pong's reward depends on the ball's crossing, which the
-        observation after a point does not keep): see :attr:`has_observation_reward`."""
+        gives the same values. Not every env has one (Pong's reward is the change of its score, a function of two
+        observations rather than of the one reached): see :attr:`has_observation_reward`."""
         raise NotImplementedError(f"{type(self).__name__} has no reward function of the observation")
 
     # ------------------------------------------------------------------ Gymnasium API

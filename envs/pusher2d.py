@@ -192,7 +192,8 @@ class Pusher2DEnv(CausalEnv):
         """The step's reward and termination from the observation it reaches (exactly what ``step`` returns, up to
         float32 rounding of the observation): ``-|box - goal| - 0.1 |agent - box| + success_bonus`` on reaching the
         goal."""
-        agent, box = next_obs[..., 0:2], next_obs[..., self.slot_slices["box"]][..., 0:2]
+        agent = next_obs[..., self.slot_slices["agent"]][..., 0:2]
+        box = next_obs[..., self.slot_slices["box"]][..., 0:2]
         goal = next_obs[..., self.slot_slices["goal"]]
         box_goal = ((box - goal) ** 2).sum(-1) ** 0.5
         terminated = box_goal < self.goal_radius
