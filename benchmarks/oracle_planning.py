@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(config, name="categorical-cem" if args.env == "pong" else "cem")
     space.seed(args.seed)
     policies = {"random": lambda venv, obs: np.stack([space.sample() for _ in range(N_ENVS)])}
-    policies["ball tracker" if args.env == "pong" else "push rule"] = tracker if args.env == "pong" else push_rule
+    rule_name, rule = ("ball tracker", tracker) if args.env == "pong" else ("push rule", push_rule)
+    policies[rule_name] = rule
     for name, (common, samples, mechanism, larger) in VARIANTS[args.env].items():
         cfg = dataclasses.replace(config, **LARGER) if larger else config
         policies[f"oracle MPC, {name}"] = OraclePlanner(cfg, common, samples, mechanism, args.seed, mpc.discount)

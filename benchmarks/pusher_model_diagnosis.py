@@ -64,7 +64,7 @@ from cwm_rl.planning.imagination import Imagination  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, load_run, train_world_model  # noqa: E402
 
 ENV_ID = "cwm/Pusher2D-v0"
-AGENT, BOX, GOAL = slice(0, 2), slice(4, 6), slice(12, 14)  # observation columns (one distractor)
+AGENT, BOX = slice(0, 2), slice(4, 6)  # observation columns
 PROBE_STATES, PROBE_STEPS = 256, 10
 # (dataset, model kind, reward_weight)
 MODELS = [
@@ -114,21 +114,7 @@ def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
     return parts[0], parts[1], weight, extra
 
 
-class TrueReward:
-    """The env's reward and termination applied to imagined observations ``(..., obs_dim)``."""
-
-    def __init__(self) -> None:
-        venv, _ = make_vector_env(ENV_ID, 1, {})
-        self.radius, self.bonus = venv.env.goal_radius, venv.env.success_bonus
-        venv.close()
-
-    def __call__(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        box_goal = (obs[..., BOX] - obs[..., GOAL]).norm(dim=-1)
-        done = (box_goal < self.radius).float()
-        return -box_goal - 0.1 * (obs[..., AGENT] - obs[..., BOX]).norm(dim=-1) + self.bonus * done, done
-
-
-def push_probe(model, norm, true_reward: TrueReward, seed: int) -> dict[str, float]:
+def push_probe(model, norm, seed: int) -> dict[str, float]:
     venv, _ = make_vector_env(ENV_ID, PROBE_STATES, {})
     obs, _ = venv.reset(seed=seed)
     rng = np.random.default_rng(seed)
@@ -187,32 +173,21 @@ def contact_probe(model, norm, seed: int) -> dict[str, float]:
 
 
 class ModelPlanner:
-    """The shipped planner scoring candidates with a world model's rollouts (``predict`` for the eval protocol)."""
+    """The shipped planner scoring candidates with a world model's rollouts (``predict`` for the eval protocol);
+    with ``reward_fn`` the imagined states are scored by it instead of the model's reward head."""
 
-    def __init__(self, model, norm, reward: TrueReward | None, episodes: int, discount: float) -> None:
+    def __init__(self, model, norm, reward_fn, episodes: int, discount: float) -> None:
         cfg = mpc_config_for("causal-mpc", env_id=ENV_ID)
         venv, _ = make_vector_env(ENV_ID, 1, {})
         self.planner = make_planner(venv.single_action_space, cfg.planner, batch=episodes, seed=0)
         venv.close()
-        self.model, self.imagination, self.reward, self.discount = (
-            model,
-            Imagination(model, norm, discount),
-            reward,
-            discount,
-        )
-
-    def _score(self, obs: np.ndarray, actions: torch.Tensor) -> torch.Tensor:
-        if self.reward is None:
-            return self.imagination.returns(obs, actions)
-        roll = self.imagination.rollout(obs, actions)
-        reward, done = self.reward(roll.obs)
-        alive = torch.cumprod(torch.cat([torch.ones_like(done[:, :1]), 1.0 - done[:, :-1]], 1), 1)
-        total = (reward * alive * self.discount ** torch.arange(reward.shape[1], dtype=torch.float32)).sum(1)
-        return total.reshape(actions.shape[:2])
+        self.model = model
+        self.imagination = Imagination(model, norm, discount, reward_fn=reward_fn)
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
+        obs = np.asarray(obs, dtype=np.float32)
         with edge_mode(self.model, "learned"):  # as the agents plan
-            return self.planner.plan(lambda actions: self._score(np.asarray(obs, dtype=np.float32), actions))
+            return self.planner.plan(lambda actions: self.imagination.returns(obs, actions))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.updates, args.episodes = 600, 20, 2
     torch.set_num_threads(1)
-    true_reward = TrueReward()
+    venv, _ = make_vector_env(ENV_ID, 1, {})
+    true_reward = venv.env.reward_from_observation  # the env's reward of the imagined state (what mpc.reward=env uses)
+    venv.close()
     discount = mpc_config_for("causal-mpc", env_id=ENV_ID).discount
     rows: list[dict[str, Any]] = []
     contact: dict[str, float] = {}
@@ -261,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 "overrides": extra,
                 "prediction_mse": metrics["prediction_mse"],
                 "train_s": round(train_s, 1),
-                **push_probe(model, norm, true_reward, args.seed + 100),
+                **push_probe(model, norm, args.seed + 100),
                 **contact_probe(model, norm, args.seed + 200),
             }
             for label, reward in (("learned_reward", None), ("true_reward", true_reward)):
