@@ -26,7 +26,7 @@ from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
-from .training import TrainConfig, checkpoint_name
+from .training import TrainConfig, checkpoint_name, run_config_dict
 
 
 def _run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
@@ -92,17 +92,55 @@ def _check_same_spaces(trained_on: str, target: str, env_kwargs: dict[str, Any])
         )
 
 
-def _curves(run_dirs: list[str]) -> dict[tuple[str, str, int], list[dict[str, Any]]]:
-    """Finished runs grouped by (env, agent, configured env-step budget): the seeds of one experiment. Runs of
-    one agent with different budgets are different experiments (e.g. a baseline given ten times the data)."""
-    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+Group = tuple[str, str, int, tuple[tuple[str, str], ...]]  # env, agent, budget, the rest of the config
+
+
+def _settings(cfg: TrainConfig) -> tuple[tuple[str, str], ...]:
+    """The run's config as sorted (dotted key, value) pairs, without what differs between seeds of one
+    experiment (``seed``) or is already in the group key (``env_id``, ``agent``, ``steps``)."""
+    flat: dict[str, str] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value and not key.endswith("kwargs"):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = json.dumps(value, sort_keys=True)
+
+    walk({k: v for k, v in run_config_dict(cfg).items() if k not in ("seed", "env_id", "agent", "steps")}, "")
+    return tuple(sorted(flat.items()))
+
+
+def _curves(run_dirs: list[str]) -> dict[Group, list[dict[str, Any]]]:
+    """Finished runs grouped by (env, agent, configured env-step budget, the rest of the config): the seeds of one
+    experiment. Runs of one agent with different budgets or settings are different experiments (a baseline given
+    ten times the data, a planner scoring with the env's reward)."""
+    groups: dict[Group, list[dict[str, Any]]] = defaultdict(list)
     for run_dir in run_dirs:
         run, cfg = _run_config(run_dir)
         if not (run / "metrics.json").is_file():
             raise ConfigError(f"{str(run)!r} has no metrics.json: the run did not finish")
         metrics = json.loads((run / "metrics.json").read_text())
-        groups[(metrics["env_id"], metrics["agent"], int(cfg.steps))].append(metrics)
+        groups[(metrics["env_id"], metrics["agent"], int(cfg.steps), _settings(cfg))].append(metrics)
     return groups
+
+
+def _labels(groups: list[Group]) -> dict[Group, str]:
+    """Each group's name: its agent id, plus its budget and the settings that tell it apart from the other groups
+    of the same env and agent (``mlp-mpc (mpc.reward=env)``)."""
+    labels = {}
+    for group in groups:
+        env_id, agent, budget, settings = group
+        twins = [g for g in groups if g[:2] == (env_id, agent)]
+        label = agent
+        if len({g[2] for g in twins}) > 1:
+            label += f" @ {budget:,} steps"
+        shared = set.intersection(*(set(g[3]) for g in twins))
+        differing = [f"{k}={json.loads(v)}" for k, v in settings if (k, v) not in shared]
+        if differing:
+            label += f" ({', '.join(differing)})"
+        labels[group] = label
+    return labels
 
 
 def steps_to_reach(curve: list[dict[str, Any]], threshold: float) -> int | None:
@@ -123,11 +161,14 @@ def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold
     if not run_dirs:
         raise ConfigError("give at least one run directory to compare")
     groups = _curves(run_dirs)
+    labels = _labels(list(groups))
     first_key, first = next(iter(groups.items()))
     source = "given"
     if threshold is None:
         threshold = float(np.mean([m["final_eval_return"] for m in first]))
-        source = f"the final mean return of {first_key[1]} ({first_key[2]:,} steps) on {first_key[0]}, the first group"
+        source = (
+            f"the final mean return of {labels[first_key]} ({first_key[2]:,} steps) on {first_key[0]}, the first group"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -137,11 +178,8 @@ def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold
         "| env | agent | seeds | env steps | final return | best return | steps to threshold (per seed) |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    budgets: dict[tuple[str, str], int] = defaultdict(int)
-    for env_id, agent, _ in groups:
-        budgets[(env_id, agent)] += 1
-    for (env_id, agent, budget), runs in groups.items():
-        label = f"{agent} @ {budget:,} steps" if budgets[(env_id, agent)] > 1 else agent
+    for group, runs in groups.items():
+        env_id, label = group[0], labels[group]
         steps = sorted({p["env_steps"] for m in runs for p in m["curve"]})
         table = np.array([[_at(m["curve"], s) for s in steps] for m in runs])  # (seeds, points)
         mean, std = np.nanmean(table, 0), np.nanstd(table, 0)

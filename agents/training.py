@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cwm_rl.checkpoint import atomic_write_json
-from cwm_rl.config import ConfigError, apply_overrides, load_yaml, save_yaml, to_dict
+from cwm_rl.config import ConfigError, apply_overrides, load_yaml, read_yaml_mapping, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 from cwm_rl.errors import TrainingInterrupted
 
@@ -87,16 +87,31 @@ class TrainConfig:
 
 def resolve_config(overrides: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> TrainConfig:
     """The full config of a run: a YAML file (already resolved, e.g. an earlier ``RUN_DIR/config.yaml``) or the
-    defaults with the env's MPC or Dyna defaults (``agents/configs/{mpc,dyna}.yaml``), then the dotted-key
-    ``overrides``."""
+    defaults, then the dotted-key ``overrides``. The agent's ``mpc`` or ``dyna`` section, when the file has none
+    (a run of another kind of agent, see :func:`run_config_dict`, or no file), starts from the env's defaults
+    (``agents/configs/{mpc,dyna}.yaml``)."""
     if config_file is not None:
-        return apply_overrides(load_yaml(TrainConfig, config_file), overrides)
-    base = apply_overrides(TrainConfig(), {k: v for k, v in overrides.items() if k in ("env_id", "agent")})
-    if base.agent in MPC_AGENTS:
-        base.mpc = mpc_config_for(base.agent, env_id=base.env_id or None)
-    if base.agent in DYNA_AGENTS:
-        base.dyna = dyna_config_for(base.agent, env_id=base.env_id or None)
+        base = load_yaml(TrainConfig, config_file)
+        given = set(read_yaml_mapping(config_file))
+    else:
+        base, given = TrainConfig(), set()
+    who = apply_overrides(base, {k: v for k, v in overrides.items() if k in ("env_id", "agent")})
+    if who.agent in MPC_AGENTS and "mpc" not in given:
+        base.mpc = mpc_config_for(who.agent, env_id=who.env_id or None)
+    if who.agent in DYNA_AGENTS and "dyna" not in given:
+        base.dyna = dyna_config_for(who.agent, env_id=who.env_id or None)
     return apply_overrides(base, overrides)
+
+
+def run_config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's config as ``config.yaml``, ``metrics.json`` and the snapshot hash hold it: the ``mpc`` and ``dyna``
+    sections only for the agents that read them (a SAC run would otherwise list a planner it never ran)."""
+    data = to_dict(cfg)
+    if cfg.agent not in MPC_AGENTS:
+        del data["mpc"]
+    if cfg.agent not in DYNA_AGENTS:
+        del data["dyna"]
+    return data
 
 
 def check_train_config(cfg: TrainConfig) -> None:
@@ -174,7 +189,7 @@ class _Evaluator:
         self._next_postfix = 0
         self._last_eval = "-"
         self.probe: WorldModelProbeCallback | None = None  # an SB3 baseline's probe world model (_sb3_callback)
-        self.config_dict = to_dict(cfg)  # what the snapshot's config hash is computed from
+        self.config_dict = run_config_dict(cfg)  # what the snapshot's config hash is computed from
         # Snapshots (resume.pt): SB3's loop can only be snapshotted where it starts a rollout (safe_point); the
         # other agents after any step.
         self.safe_every_step = cfg.agent not in SB3_ALGOS and cfg.agent not in DYNA_AGENTS
@@ -307,7 +322,7 @@ def train(cfg: TrainConfig, run_dir: str | os.PathLike[str], progress: bool = Tr
     # The agent is built first: a bad agent/env pair, config key or kwarg fails before anything is written.
     agent = make_agent(cfg, str(run / "tb"), log=writer.add_scalar)
     run.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run / "config.yaml")
+    save_yaml(run_config_dict(cfg), run / "config.yaml")
     return _run(cfg, run, agent, writer, _Evaluator(cfg, run, writer, progress))
 
 
@@ -332,7 +347,7 @@ def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, 
     if not snapshot.is_file():  # stopped before its first snapshot: the same run from the start
         agent = make_agent(cfg, str(run / "tb"), log=writer.add_scalar)
         return _run(cfg, run, agent, writer, _Evaluator(cfg, run, writer, progress))
-    data = load_snapshot(snapshot, env_id=spec_of(cfg.env_id).id, agent_id=cfg.agent, config=to_dict(cfg))
+    data = load_snapshot(snapshot, env_id=spec_of(cfg.env_id).id, agent_id=cfg.agent, config=run_config_dict(cfg))
     agent = data["agent"]
     _bind_outputs(agent, writer, run / "tb")
     evaluator = _Evaluator(cfg, run, writer, progress)
@@ -415,7 +430,7 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
         "best_eval_env_steps": best["env_steps"],
         **{k: v for k, v in evaluator.curve[-1].items() if k.startswith("wm_")},  # the final world model
         "curve": [{k: v for k, v in p.items() if k != "wall_time_s"} for p in evaluator.curve],
-        "config": to_dict(cfg),
+        "config": run_config_dict(cfg),
     }
     # metrics.json holds only what the seed fixes (the same seed on the same CPU writes the same file); wall-clock
     # times go to timing.json.

@@ -270,6 +270,22 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
             f"**{'met' if summary['claim_speedup_met'] else 'not met'}**; causal model beats the dense one on the OOD "
             f"twin: **{'yes' if summary['causal_beats_dense_ood'] else 'no'}**{_gap(summary)}.",
             "",
+        ]
+        if "measured" in summary:
+            lines += [f"Measured {summary['measured']['date']} at commit `{summary['measured']['commit']}`.", ""]
+        variants = {name: a for name, a in summary["agents"].items() if a.get("overrides")}
+        if variants:
+            lines += [
+                "Rows named `AGENT+...` are variants, not the shipped defaults, and do not count for the claim: "
+                + "; ".join(
+                    f"`{name}` is `{a['agent']}` with "
+                    + ", ".join(f"`{k}={v}`" for k, v in a["overrides"].items())
+                    for name, a in variants.items()
+                )
+                + ".",
+                "",
+            ]
+        lines += [
             "| agent | budget (env steps) | final return | best return | steps to target (per seed) "
             "| mean curve reaches target | speed-up | OOD return | wall time per run (s) |",
             "|---|---:|---:|---:|---|---:|---:|---:|---:|",

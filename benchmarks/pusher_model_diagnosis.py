@@ -59,6 +59,7 @@ from cwm_rl.agents.model_based import mpc_config_for  # noqa: E402
 from cwm_rl.config import apply_overrides  # noqa: E402
 from cwm_rl.data import collect, make_vector_env  # noqa: E402
 from cwm_rl.models.attention import edge_mode  # noqa: E402
+from cwm_rl.models.factory import MODEL_KINDS  # noqa: E402
 from cwm_rl.planning import make_planner  # noqa: E402
 from cwm_rl.planning.imagination import Imagination  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, load_run, train_world_model  # noqa: E402
@@ -99,12 +100,12 @@ def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
     if (
         len(parts) < 3
         or parts[0] not in ("random", "pushy")
-        or parts[1] not in ("slot-ssm", "slot-transformer", "mlp")
+        or parts[1] not in MODEL_KINDS
         or any("=" not in p for p in parts[3:])
     ):
         raise argparse.ArgumentTypeError(
             f"{text!r}: expected DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...] with DATA random|pushy and "
-            "MODEL slot-ssm|slot-transformer|mlp, e.g. pushy,mlp,100 or pushy,mlp,100,prediction_loss=l1"
+            f"MODEL {'|'.join(MODEL_KINDS)}, e.g. pushy,mlp,100 or pushy,mlp,100,prediction_loss=l1"
         )
     try:
         weight = float(parts[2])

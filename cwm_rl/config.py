@@ -94,13 +94,18 @@ def _read_yaml(path: Path, what: str) -> Any:
         raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
-def load_yaml(cls: type[T], path: str | os.PathLike[str]) -> T:
-    """Read a YAML config file into ``cls`` (errors name the file and the key)."""
+def read_yaml_mapping(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A YAML config file's mapping as written (an empty file is ``{}``), before any key is checked."""
     path = Path(path)
     data = _read_yaml(path, "config file")
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
-    return from_dict(cls, data, where=str(path))
+    return data or {}
+
+
+def load_yaml(cls: type[T], path: str | os.PathLike[str]) -> T:
+    """Read a YAML config file into ``cls`` (errors name the file and the key)."""
+    return from_dict(cls, read_yaml_mapping(path), where=str(path))
 
 
 def load_env_table(path: str | os.PathLike[str], what: str = "hyperparameter file") -> dict[str, dict[str, Any]]:

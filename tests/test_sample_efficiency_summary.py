@@ -59,3 +59,19 @@ def test_claim_counts_the_better_model_based_agent_and_only_above_random_play(se
     slow = [_run("causal-dyna", s, 20, [(10, 0.0), (20, 0.5), (30, 1.0)]) for s in (0, 1)]
     out = se.summarise("pong", base + slow + weak)
     assert out["agents"]["causal-dyna"]["speedup"] == pytest.approx(100 / 30) and not out["claim_speedup_met"]
+
+
+def test_a_variant_is_its_own_row_and_never_counts_for_the_claim(se):
+    base = [_run("sac", s, 100, [(50, 0.0), (100, 1.0)]) for s in (0, 1)]
+    mpc = [_run("causal-mpc", s, 20, [(10, 0.0), (20, 0.0)]) for s in (0, 1)]  # never reaches the target
+    fast = [
+        _run("causal-mpc", s, 20, [(10, 2.0), (20, 2.0)])
+        | {"label": "causal-mpc+env", "overrides": {"mpc.reward": "env"}}
+        for s in (0, 1)
+    ]
+    out = se.summarise("pusher", base + mpc + fast)
+    variant = out["agents"]["causal-mpc+env"]
+    assert variant["agent"] == "causal-mpc" and variant["overrides"] == {"mpc.reward": "env"}
+    assert variant["speedup"] == 10.0 and variant["final_mean"] == 2.0  # its own seeds, not mixed with the default's
+    assert out["agents"]["causal-mpc"]["speedup"] is None and out["agents"]["causal-mpc"]["overrides"] == {}
+    assert out["claim_agent"] is None and not out["claim_speedup_met"]  # the shipped defaults did not make it

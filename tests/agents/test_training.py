@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from cwm_rl.agents.evaluation import evaluate_agent
 from cwm_rl.agents.random_agent import RandomAgent
 from cwm_rl.agents.sb3_baselines import load_hyperparams
-from cwm_rl.agents.training import TrainConfig, train
+from cwm_rl.agents.training import TrainConfig, resolve_config, train
 from cwm_rl.cli import main
 from cwm_rl.config import ConfigError, load_yaml, to_dict
 
@@ -36,6 +37,8 @@ def test_random_agent_run_writes_a_complete_run_dir(tmp_path):
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.yaml", "metrics.json", "agent.json", "tb"}
     assert to_dict(load_yaml(TrainConfig, run / "config.yaml")) == to_dict(cfg)  # re-runnable
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert "mpc" not in written and "dyna" not in written  # no planner or Dyna settings a random agent never used
     assert [p["env_steps"] for p in metrics["curve"]] == [50, 100]
     assert {k: v for k, v in metrics.items() if k != "wall_time_s"} == _read(run) | {"config": metrics["config"]}
     assert json.loads((run / "timing.json").read_text())["wall_time_s"] == metrics["wall_time_s"]
@@ -194,3 +197,37 @@ def test_resume_bad_input(tmp_path, capsys):
     assert "drop --env" in capsys.readouterr().err
     assert main(["train", "--env", "cwm/Chemistry-v0"]) == 2
     assert "--run-dir" in capsys.readouterr().err
+
+
+def test_config_of_another_agent_kind_gets_the_env_defaults_of_the_new_agent(tmp_path):
+    """``--config`` of a random run with ``--set agent=causal-mpc``: the file has no ``mpc`` section, so the
+    env's MPC defaults apply (not the bare MPCConfig ones); a section the file does hold is kept."""
+    from cwm_rl.agents.model_based import MPCConfig, mpc_config_for
+
+    cfg = TrainConfig(env_id="cwm/Pusher2D-v0", agent="random", steps=10, eval_every=10, eval_episodes=1)
+    train(cfg, tmp_path / "random", progress=False)
+    mpc = resolve_config({"agent": "causal-mpc"}, tmp_path / "random" / "config.yaml")
+    assert to_dict(mpc.mpc) == to_dict(mpc_config_for("causal-mpc", env_id="cwm/Pusher2D-v0"))
+    assert mpc.mpc.planner.population == 128  # Pusher2D's entry, not the default 64
+    kept = tmp_path / "mpc.yaml"
+    kept.write_text(yaml.safe_dump({"env_id": "cwm/Pusher2D-v0", "agent": "causal-mpc", "mpc": {"seed_steps": 7}}))
+    assert resolve_config({}, kept).mpc.seed_steps == 7
+    assert resolve_config({}, kept).mpc.planner == MPCConfig().planner  # the file's section is used as written
+
+
+def test_compare_keeps_runs_of_one_agent_with_different_settings_apart(tmp_path):
+    """Seeds of one experiment are averaged; the same agent with another setting is its own row, named by it."""
+    from cwm_rl.agents.compare import compare_runs
+
+    runs = []
+    for name, seed, episodes in (("a0", 0, 1), ("a1", 1, 1), ("b0", 0, 2)):
+        cfg = TrainConfig(
+            env_id="cwm/Chemistry-v0", agent="random", steps=20, eval_every=10, eval_episodes=episodes, seed=seed
+        )
+        train(cfg, tmp_path / name, progress=False)
+        runs.append(str(tmp_path / name))
+    rows = [line for line in compare_runs(runs, tmp_path / "cmp").splitlines() if line.startswith("| cwm/")]
+    assert len(rows) == 2
+    assert "| random (eval_episodes=1) | 2 |" in rows[0] and "| random (eval_episodes=2) | 1 |" in rows[1]
+    single = compare_runs(runs[:2], tmp_path / "cmp1").splitlines()
+    assert any("| random | 2 |" in line for line in single)  # nothing to tell apart: the plain agent id
