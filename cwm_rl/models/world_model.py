@@ -108,6 +108,9 @@ class SlotModelConfig:
             vanishes. Measured on Interventional Pong (d_model 32, 3,000 steps, seed 2, whose gates prune slowest):
             ``"prob"`` at weight 0.02 F1 0.891; ``"logit"`` at 0.02 closed true edges (F1 0.70, recall 0.58), at
             0.005 it reached F1 0.90 at 1,000 steps and then lost precision as training went on (0.85 at 3,000).
+        closed_edges: ``"hard"`` gates: ``"keyed"`` (default) or ``"constant"``, whether a closed parent's key still
+            shifts the softmax shares of the open edges (a side channel) or enters with a constant logit
+            (:class:`~cwm_rl.models.attention.SlotCrossAttention`).
         temporal_ffn: hidden width of the feed-forward network in the ``"attention"`` temporal mixer. ``-1`` (the
             default) sizes it so the model has the parameter count of its ``"ssm"`` twin (the paper's
             equivalent Transformer); ``0`` means attention only.
@@ -125,6 +128,7 @@ class SlotModelConfig:
     resample_closed_action: bool = True
     gate_penalty: str = "prob"
     gate_init: float = 3.0
+    closed_edges: str = "keyed"
 
 
 class _Block(nn.Module):
@@ -143,6 +147,7 @@ class _Block(nn.Module):
             resample_closed_action=cfg.resample_closed_action,
             gate_penalty=cfg.gate_penalty,
             gate_init=cfg.gate_init,
+            closed_edges=cfg.closed_edges,
         )
         self.norm_m = nn.LayerNorm(d)
         hidden = int(cfg.mlp_ratio * d)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cwm_rl.models.attention import EDGE_MODES, KINDS, SlotCrossAttention, edge_mode, graph_rollout
+from cwm_rl.models.attention import (
+    CLOSED_EDGES,
+    EDGE_MODES,
+    KINDS,
+    SlotCrossAttention,
+    edge_mode,
+    graph_rollout,
+)
 
 B, N, D = 3, 4, 16
 
@@ -232,7 +239,30 @@ def test_gate_penalty_forms(kind):
         assert masked == pytest.approx(out[form].penalty.item() / (N + 1), rel=1e-5)
 
 
+@pytest.mark.parametrize("closed_edges", CLOSED_EDGES)
+def test_closed_parents_reach_the_child_only_through_the_keyed_side_channel(closed_edges):
+    """Gates fixed so child 0 reads only the action: moving every other slot changes child 0's message through the
+    softmax shares with ``"keyed"`` closed edges (the documented side channel), and not at all with ``"constant"``.
+    The lone open edge keeps a share below 1 either way, so its gate still gets a gradient."""
+    torch.manual_seed(0)
+    attn = SlotCrossAttention(D, kind="hard", closed_edges=closed_edges, resample_closed_action=False).eval()
+    gates = torch.zeros(B, N, N + 1)
+    gates[:, 0, N] = 1.0
+    attn._hard_gates = lambda logits, probs: gates
+    slots, action = _inputs()
+    moved = slots.clone()
+    moved[:, 1:] += 1.0
+    same = torch.allclose(attn(moved, action).out[:, 0], attn(slots, action).out[:, 0])
+    assert same == (closed_edges == "constant")
+    attn.train()
+    attn._hard_gates = lambda logits, probs: gates + probs - probs.detach()  # straight-through, as in training
+    attn(slots, action).out[:, 0].sum().backward()
+    assert attn.edge_bias.grad is not None and attn.edge_bias.grad.abs() > 0
+
+
 def test_bad_configuration():
+    with pytest.raises(ValueError, match="closed_edges"):
+        SlotCrossAttention(D, closed_edges="open")
     with pytest.raises(ValueError, match="gate penalty"):
         SlotCrossAttention(D, gate_penalty="l2")
     with pytest.raises(ValueError, match="kind"):
