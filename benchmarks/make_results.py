@@ -11,6 +11,9 @@ Usage::
     python benchmarks/pusher_model_diagnosis.py --out docs/pusher_model_diagnosis.json  # ~15 min
     python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 --grid pushy,slot-ssm,100 pushy,mlp,100 \
         --out docs/pusher_model_diagnosis_long.json  # ~25 min
+    python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
+        --grid pushy,slot-ssm,100,prediction_loss=l1,KEY=VALUE --out docs/pusher_model_diagnosis_NAME.json  # each
+        # row of docs/design_notes.md's "Pusher2D, session 13" (~15 min each); files of one protocol share a table
     python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~1 h on 2 cores
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
@@ -423,9 +426,24 @@ def _with_overrides(row: dict) -> str:
     return row["model"] + (f" ({', '.join(f'{k}={v}' for k, v in extra.items())})" if extra else "")
 
 
+def _same_protocol(benches: list[dict]) -> list[dict]:
+    """Diagnosis runs with one protocol (data, training steps, episodes, seed: the same datasets and random-play
+    reference) as one table: each ``--grid`` invocation's rows, in file order, after the first one's."""
+    merged: dict[tuple, dict] = {}
+    for bench in benches:
+        key = (bench["env_id"], bench["steps"], bench["updates"], bench["episodes"], bench["seed"])
+        if key in merged:
+            first = merged[key]
+            first["results"] = first["results"] + bench["results"]
+            first["contact_rate"] = {**first["contact_rate"], **bench["contact_rate"]}
+        else:
+            merged[key] = dict(bench)
+    return list(merged.values())
+
+
 def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
     lines = ["## Pusher2D: what the learned models get wrong", ""]
-    for bench in benches:
+    for bench in _same_protocol(benches):
         m = bench["machine"]
         rate = bench["contact_rate"]
         data = []
