@@ -281,8 +281,7 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
             lines += [
                 "Rows named `AGENT+...` are variants, not the shipped defaults, and do not count for the claim: "
                 + "; ".join(
-                    f"`{name}` is `{a['agent']}` with "
-                    + ", ".join(f"`{k}={v}`" for k, v in a["overrides"].items())
+                    f"`{name}` is `{a['agent']}` with " + ", ".join(f"`{k}={v}`" for k, v in a["overrides"].items())
                     for name, a in variants.items()
                 )
                 + ".",
