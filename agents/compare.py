@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cwm_rl.checkpoint import atomic_write_text
-from cwm_rl.config import ConfigError, load_yaml
+from cwm_rl.config import ConfigError, flatten, load_yaml
 from cwm_rl.envs import spec_of
 from cwm_rl.plots import save_figure
 
@@ -98,17 +98,8 @@ Group = tuple[str, str, int, tuple[tuple[str, str], ...]]  # env, agent, budget,
 def _settings(cfg: TrainConfig) -> tuple[tuple[str, str], ...]:
     """The run's config as sorted (dotted key, value) pairs, without what differs between seeds of one
     experiment (``seed``) or is already in the group key (``env_id``, ``agent``, ``steps``)."""
-    flat: dict[str, str] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict) and value and not key.endswith("kwargs"):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = json.dumps(value, sort_keys=True)
-
-    walk({k: v for k, v in run_config_dict(cfg).items() if k not in ("seed", "env_id", "agent", "steps")}, "")
-    return tuple(sorted(flat.items()))
+    config = {k: v for k, v in run_config_dict(cfg).items() if k not in ("seed", "env_id", "agent", "steps")}
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in flatten(config).items()))
 
 
 def _curves(run_dirs: list[str]) -> dict[Group, list[dict[str, Any]]]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cwm_rl.checkpoint import atomic_write_json
-from cwm_rl.config import ConfigError, apply_overrides, load_yaml, read_yaml_mapping, save_yaml, to_dict
+from cwm_rl.config import ConfigError, apply_overrides, from_dict, load_yaml, read_yaml_mapping, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 from cwm_rl.errors import TrainingInterrupted
 
@@ -91,8 +91,8 @@ def resolve_config(overrides: dict[str, Any], config_file: str | os.PathLike[str
     (a run of another kind of agent, see :func:`run_config_dict`, or no file), starts from the env's defaults
     (``agents/configs/{mpc,dyna}.yaml``)."""
     if config_file is not None:
-        base = load_yaml(TrainConfig, config_file)
-        given = set(read_yaml_mapping(config_file))
+        data = read_yaml_mapping(config_file)
+        base, given = from_dict(TrainConfig, data, where=str(config_file)), set(data)
     else:
         base, given = TrainConfig(), set()
     who = apply_overrides(base, {k: v for k, v in overrides.items() if k in ("env_id", "agent")})

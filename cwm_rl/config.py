@@ -43,7 +43,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "config") -> T:
     """Build ``cls`` from ``data``, checking every key and type; missing keys keep their defaults."""
-    return apply_overrides(cls(), _flatten(data or {}, where), where=where)
+    return apply_overrides(cls(), flatten(data or {}, where), where=where)
 
 
 def apply_overrides(cfg: T, overrides: dict[str, Any], where: str = "--set") -> T:
@@ -139,14 +139,15 @@ def save_yaml(cfg: Any, path: str | os.PathLike[str]) -> None:
     os.replace(tmp, path)
 
 
-def _flatten(data: dict[str, Any], where: str, prefix: str = "") -> dict[str, Any]:
+def flatten(data: dict[str, Any], where: str = "config", prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as dotted keys (``{"slot.d_model": 32}``); ``*kwargs`` mappings stay whole."""
     out: dict[str, Any] = {}
     for k, v in data.items():
         if not isinstance(k, str):
             raise ConfigError(f"{where}: config keys must be strings, got {k!r}")
         key = f"{prefix}{k}"
         if isinstance(v, dict) and not k.endswith("kwargs"):
-            out.update(_flatten(v, where, key + "."))
+            out.update(flatten(v, where, key + "."))
         else:
             out[key] = v
     return out
