@@ -98,6 +98,7 @@ class SlotModelConfig:
         graph_readout: how per-layer scores become the graph: ``"last"`` layer, ``"mean"`` or ``"rollout"``
             (the product across layers).
         mlp_ratio: hidden width of each block's MLP, as a multiple of ``d_model``.
+        mlp_layers: hidden layers of each block's MLP (the per-slot network after the cross-slot attention).
         ssm_kwargs: extra arguments of the SSM block (``d_state``, ``expand``, ...).
         resample_closed_action: ``"hard"`` gates only: a closed action edge carries another sample's action, so
             a gate cannot say "the action was no-op" by closing (:class:`SlotCrossAttention`).
@@ -123,6 +124,7 @@ class SlotModelConfig:
     attention: str = "hard"
     graph_readout: str = "last"
     mlp_ratio: float = 2.0
+    mlp_layers: int = 1
     ssm_kwargs: dict[str, Any] | None = None
     temporal_ffn: int = -1
     resample_closed_action: bool = True
@@ -151,7 +153,14 @@ class _Block(nn.Module):
         )
         self.norm_m = nn.LayerNorm(d)
         hidden = int(cfg.mlp_ratio * d)
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
+        if cfg.mlp_layers < 1:
+            raise InvalidArgumentError(f"mlp_layers must be at least 1, got {cfg.mlp_layers}")
+        layers: list[nn.Module] = []
+        width = d
+        for _ in range(cfg.mlp_layers):
+            layers += [nn.Linear(width, hidden), nn.GELU()]
+            width = hidden
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden, d))
 
     def interact(
         self, h: torch.Tensor, action: torch.Tensor, mask: torch.Tensor | None

@@ -114,6 +114,18 @@ def test_gate_options_reach_every_layer():
     assert SlotWorldModel(SLOTS, ("discrete", 3)).blocks[0].cross.edge_bias.item() == 3.0  # the class default
 
 
+def test_mlp_layers_sets_the_depth_of_each_blocks_slot_network():
+    """``mlp_layers`` hidden layers of width ``mlp_ratio * d_model``; the default keeps the one-hidden-layer layout
+    (and its parameter names, so older checkpoints load)."""
+    default = SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(d_model=16, n_heads=2))
+    assert [type(m).__name__ for m in default.blocks[0].mlp] == ["Linear", "GELU", "Linear"]
+    deep = SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(d_model=16, n_heads=2, mlp_layers=3))
+    linears = [m for m in deep.blocks[0].mlp if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(16, 32), (32, 32), (32, 32), (32, 16)]
+    obs, act = _data()
+    assert deep(obs, act).delta.shape == (B, T, sum(SLOTS))
+
+
 def test_bad_configuration():
     with pytest.raises(ValueError, match="graph_readout"):
         SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(graph_readout="max"))
@@ -121,6 +133,8 @@ def test_bad_configuration():
         SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(temporal="lstm"))
     with pytest.raises(ValueError, match="action kind"):
         SlotWorldModel(SLOTS, ("multibinary", 3), SlotModelConfig(temporal="attention"))
+    with pytest.raises(ValueError, match="mlp_layers must be at least 1"):
+        SlotWorldModel(SLOTS, ("discrete", 3), SlotModelConfig(mlp_layers=0))
 
 
 def test_dense_mlp_baseline_contract():
