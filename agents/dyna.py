@@ -87,7 +87,8 @@ class DynaConfig:
         buffer_size: real transitions the world model keeps (FIFO), so memory stays bounded in long runs.
         window, batch_size, lr, sparsity_weight, reward_weight, prediction_loss: world-model training (as in
             ``cwm-rl wm-train``; ``reward_weight`` scales the reward head's squared error, in the env's raw reward
-            units; ``prediction_loss`` is ``mse`` or ``l1``); ``batch_size``
+            units; ``prediction_loss`` is ``mse`` or ``l1``); ``dense_warmup``: the first world-model updates run
+            with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key); ``batch_size``
             is the world model's (windows per step), SB3's own is ``sb3_kwargs.batch_size``.
         rollout_horizon: MBPO's k, imagined steps per rollout (a rollout also stops at a predicted termination).
         rollout_batch: imagined rollouts (real start states) per refit (MBPO's rollout batch size).
@@ -115,6 +116,7 @@ class DynaConfig:
     batch_size: int = 32
     lr: float = 1e-3
     sparsity_weight: float = 0.02
+    dense_warmup: int = 0
     reward_weight: float = 1.0
     prediction_loss: str = "mse"
     rollout_horizon: int = 1

@@ -56,7 +56,8 @@ class MPCConfig:
         buffer_size: real transitions kept (FIFO), so memory stays bounded in long runs.
         window, batch_size, lr, sparsity_weight, reward_weight, prediction_loss: world-model training (as in
             ``cwm-rl wm-train``; ``reward_weight`` scales the reward head's squared error, in the env's raw reward
-            units; ``prediction_loss`` is ``mse`` or ``l1``).
+            units; ``prediction_loss`` is ``mse`` or ``l1``); ``dense_warmup``: the first world-model updates run
+            with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key).
         discount: discount of imagined rewards.
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).
@@ -87,6 +88,7 @@ class MPCConfig:
     batch_size: int = 32
     lr: float = 1e-3
     sparsity_weight: float = 0.02
+    dense_warmup: int = 0
     reward_weight: float = 1.0
     prediction_loss: str = "mse"
     discount: float = 0.99

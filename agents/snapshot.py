@@ -80,17 +80,27 @@ def save_snapshot(
 
 
 def load_snapshot(
-    path: str | os.PathLike[str], *, env_id: str, agent_id: str, config: dict[str, Any]
+    path: str | os.PathLike[str],
+    *,
+    env_id: str,
+    agent_id: str,
+    config: dict[str, Any],
+    written: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Load a snapshot of the run whose resolved config is ``config``; returns ``{"manifest", "agent", "trainer",
     "rng"}``. The caller restores the global random streams (``set_global_rng_state(data["rng"])``) last, after
     anything that reseeds them.
 
+    ``written``, the run's ``config.yaml`` as it is on disk, is accepted too: a run written before a config key
+    existed lacks that key there, while ``config`` (resolved with today's defaults) has it, and each new key's
+    default keeps the old behaviour. An edited ``config.yaml`` matches neither.
+
     Raises:
         CheckpointError: missing, truncated or corrupt file, or a snapshot of another env, agent or config.
     """
     data = load_checkpoint(path, expect={"kind": KIND, "env_id": env_id, "agent": agent_id})
-    if data["manifest"].get("config_hash") != config_hash(config):
+    recorded = data["manifest"].get("config_hash")
+    if recorded != config_hash(config) and (written is None or recorded != config_hash(written)):
         raise CheckpointError(
             f"{str(path)!r} was written for a different config.yaml (was it edited?); restore the run's original "
             "config.yaml, or start a new run with --config"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cwm_rl.checkpoint import atomic_write_json
-from cwm_rl.config import ConfigError, apply_overrides, from_dict, load_yaml, read_yaml_mapping, save_yaml, to_dict
+from cwm_rl.config import ConfigError, apply_overrides, from_dict, read_yaml_mapping, save_yaml, to_dict
 from cwm_rl.envs import spec_of
 from cwm_rl.errors import TrainingInterrupted
 
@@ -340,14 +340,17 @@ def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, 
             f"cannot resume {str(run)!r}: the run finished; start a new run with more steps "
             f"(--config {run / 'config.yaml'} --set steps=N --run-dir NEW)"
         )
-    cfg = load_yaml(TrainConfig, run / "config.yaml")
+    written = read_yaml_mapping(run / "config.yaml")
+    cfg = from_dict(TrainConfig, written, where=str(run / "config.yaml"))
     check_train_config(cfg)
     writer = _LazyWriter(run / "tb")
     snapshot = run / SNAPSHOT_NAME
     if not snapshot.is_file():  # stopped before its first snapshot: the same run from the start
         agent = make_agent(cfg, str(run / "tb"), log=writer.add_scalar)
         return _run(cfg, run, agent, writer, _Evaluator(cfg, run, writer, progress))
-    data = load_snapshot(snapshot, env_id=spec_of(cfg.env_id).id, agent_id=cfg.agent, config=run_config_dict(cfg))
+    data = load_snapshot(
+        snapshot, env_id=spec_of(cfg.env_id).id, agent_id=cfg.agent, config=run_config_dict(cfg), written=written
+    )
     agent = data["agent"]
     _bind_outputs(agent, writer, run / "tb")
     evaluator = _Evaluator(cfg, run, writer, progress)

@@ -68,15 +68,15 @@ class ProbeConfig:
         first_updates: gradient steps of the first fit; ``updates`` of every later one.
         train_every: real transitions between fits.
         buffer_size: transitions kept (FIFO), so memory stays bounded in long runs.
-        window, lr, sparsity_weight, reward_weight, prediction_loss: world-model training, as the model-based
-            agent's defaults.
+        window, lr, sparsity_weight, dense_warmup, reward_weight, prediction_loss: world-model training, as the
+            model-based agent's defaults.
         batch_size: windows per gradient step (16, half the model-based agent's: per second of CPU, small batches
             of a small model learned the Pong graph fastest in a quick sweep).
         threads: torch CPU threads while fitting and judging (1 is fastest for these small batches; the caller's
             setting is restored afterwards).
 
     The world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``, ``batch_size``,
-    ``sparsity_weight``, ``reward_weight``, ``prediction_loss``) are those of
+    ``sparsity_weight``, ``dense_warmup``, ``reward_weight``, ``prediction_loss``) are those of
     :class:`~cwm_rl.agents.world_model_learner.LearnerConfig`.
     """
 
@@ -90,6 +90,7 @@ class ProbeConfig:
     batch_size: int = 16
     lr: float = 1e-3
     sparsity_weight: float = 0.02
+    dense_warmup: int = 0
     reward_weight: float = 1.0
     prediction_loss: str = "mse"
     threads: int = 1
@@ -104,7 +105,7 @@ def check_probe_config(cfg: ProbeConfig) -> None:
     for name in (*positive, "mlp_hidden", "mlp_layers"):
         if getattr(cfg, name) < 1:
             raise InvalidArgumentError(f"probe {name}={getattr(cfg, name)} must be a positive integer")
-    for name in ("seed_steps", "updates"):
+    for name in ("seed_steps", "updates", "dense_warmup"):
         if getattr(cfg, name) < 0:
             raise InvalidArgumentError(f"probe {name}={getattr(cfg, name)} must be >= 0")
     if not cfg.lr > 0:

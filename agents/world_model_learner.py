@@ -130,6 +130,7 @@ class LearnerConfig(Protocol):
     lr: float
     batch_size: int
     sparsity_weight: float
+    dense_warmup: int
     reward_weight: float
     prediction_loss: str
 
@@ -145,6 +146,8 @@ def check_loss_weights(cfg: LearnerConfig) -> None:
         value = getattr(cfg, name)
         if not (np.isfinite(value) and value >= 0):
             raise ConfigError(f"{name}={value} must be a number >= 0")
+    if cfg.dense_warmup < 0:
+        raise ConfigError(f"dense_warmup={cfg.dense_warmup} must be an integer >= 0")
 
 
 class WorldModelLearner:
@@ -153,7 +156,8 @@ class WorldModelLearner:
     Args:
         layout: the env's slots and action space.
         config: the world-model keys (``model``, ``slot``, ``mlp_hidden``, ``mlp_layers``, ``lr``,
-            ``batch_size``, ``sparsity_weight``, ``reward_weight``, ``prediction_loss``) of the agent's config.
+            ``batch_size``, ``sparsity_weight``, ``dense_warmup``, ``reward_weight``, ``prediction_loss``) of the
+            agent's config.
         seed: seeds the model's initialisation, the batch draws and the gradient steps' torch stream.
         env_kwargs: env constructor arguments (for the evaluation data of :meth:`metrics`).
         log: optional ``callable(tag, value)`` for the fit losses (``world_model/<part>``, ``world_model/fit_seconds``);
@@ -226,9 +230,10 @@ class WorldModelLearner:
         start = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self._torch_rng)
-            for _ in range(updates):
+            for i in range(updates):
                 batch = buffer.sample(cfg.batch_size, self._rng)
-                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg, slot_dims)
+                dense = self.model_updates + i < cfg.dense_warmup
+                loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg, slot_dims, dense=dense)
                 self.optim.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)

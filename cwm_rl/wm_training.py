@@ -15,6 +15,7 @@ of its own per-dimension standard deviation, so slots with large and small range
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from cwm_rl.checkpoint import atomic_write_json, load_checkpoint, save_checkpoint
 from cwm_rl.config import ConfigError, load_yaml, save_yaml, to_dict
 from cwm_rl.data import TransitionWindows
+from cwm_rl.models.attention import gates_open
 from cwm_rl.models.factory import MODEL_KINDS, make_world_model
 from cwm_rl.models.world_model import SlotModelConfig
 from cwm_rl.wm_evaluation import Normalizer, evaluate_teacher_forced, evaluate_windows
@@ -59,6 +61,10 @@ class WMTrainConfig:
             for seed 2, whose gates were still pruning when the learning rate fell (docs/design_notes.md).
         sparsity_weight: weight of the cross-slot attention's sparsity penalty (0.02: on Pong with hard gates, 0.05
             and 0.5 closed the action edge (F1 0.76, 0.32), 0.02 kept every true edge).
+        dense_warmup: the first ``dense_warmup`` gradient steps run with every cross-slot gate open and no
+            sparsity penalty, so the slot networks learn to use each parent before the gates prune (0: none). On
+            Pusher2D the prediction loss shut the ``box <- agent`` edge before the box's network had learned the push
+            (docs/design_notes.md, "Pusher2D, session 14").
         reward_weight: weight of the reward loss; ``termination_weight`` of the termination loss.
         prediction_loss: ``mse`` (default) or ``l1``, the error of the normalised state changes. A squared error
             fits the conditional mean: where the model cannot yet tell whether an event happens (Pusher2D's
@@ -95,6 +101,7 @@ class WMTrainConfig:
     lr_schedule: str = "constant"
     weight_decay: float = 0.0
     sparsity_weight: float = 0.02
+    dense_warmup: int = 0
     reward_weight: float = 1.0
     prediction_loss: str = "mse"
     termination_weight: float = 0.1
@@ -114,6 +121,8 @@ def check_config(cfg: WMTrainConfig) -> None:
     for name in ("window", "batch_size", "steps", "eval_every", "threads", "mlp_hidden", "mlp_layers"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
+    if cfg.dense_warmup < 0:
+        raise ConfigError(f"dense_warmup={cfg.dense_warmup} must be an integer >= 0")
     for name in ("lr", "sparsity_weight", "reward_weight", "termination_weight", "weight_decay"):
         if getattr(cfg, name) < 0 or not np.isfinite(getattr(cfg, name)):
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a finite number >= 0")
@@ -154,8 +163,13 @@ def world_model_loss(
     norm: Normalizer,
     cfg: WMTrainConfig,
     slot_dims: Sequence[int] | None = None,
+    dense: bool = False,
 ):
     """Total loss and its parts for one batch of windows.
+
+    ``dense=True`` (a dense warm-up step, ``cfg.dense_warmup``) runs the model with every gate open
+    (:func:`~cwm_rl.models.attention.gates_open`) and leaves the sparsity penalty out of the total (it is still
+    reported).
 
     With ``cfg.mask_interventions`` (and ``slot_dims`` and ``batch["intervened"]`` given) the prediction loss is the
     mean squared error over the slots that were *not* intervened on in each transition; see
@@ -164,7 +178,8 @@ def world_model_loss(
     obs = norm.obs(batch["obs"])
     target = norm.delta(batch["next_obs"] - batch["obs"])
     mask = batch["local_graph"] if cfg.model == "oracle" else None
-    pred = model(obs, norm.action(batch["action"]), mask)
+    with gates_open(model) if dense else contextlib.nullcontext():
+        pred = model(obs, norm.action(batch["action"]), mask)
     kind = cfg.prediction_loss
     if cfg.mask_interventions and slot_dims is not None and "intervened" in batch:
         prediction = mechanism_loss(pred.delta, target, batch["intervened"], slot_dims, kind)
@@ -180,7 +195,7 @@ def world_model_loss(
         parts["prediction"]
         + cfg.reward_weight * parts["reward"]
         + cfg.termination_weight * parts["termination"]
-        + cfg.sparsity_weight * parts["sparsity"]
+        + (0.0 if dense else cfg.sparsity_weight) * parts["sparsity"]
     )
     return total, parts
 
@@ -257,7 +272,7 @@ def train_world_model(cfg: WMTrainConfig, run_dir: str | os.PathLike[str], progr
     model.train()
     while step < cfg.steps:
         for batch in loader:
-            loss, parts = world_model_loss(model, batch, norm, cfg, slot_dims)
+            loss, parts = world_model_loss(model, batch, norm, cfg, slot_dims, dense=step < cfg.dense_warmup)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} at step {step}; lower lr (now {cfg.lr})")
             optim.zero_grad(set_to_none=True)

@@ -88,6 +88,7 @@ def test_truncated_checkpoint_is_detected(pong_data, tmp_path):
         ({"val_fraction": 1.5}, "val_fraction"),
         ({"lr": -1.0}, "lr=-1.0"),
         ({"lr_schedule": "linear"}, "lr_schedule='linear' is not one of"),
+        ({"dense_warmup": -1}, "dense_warmup=-1 must be an integer >= 0"),
     ],
 )
 def test_bad_config_values(pong_data, tmp_path, overrides, message):
@@ -192,6 +193,46 @@ def test_world_model_loss_masks_interventions_only_when_asked(pong_data):
     plain = world_model_loss(model, batch, norm, off, dims)[1]["prediction"]
     no_dims = world_model_loss(model, batch, norm, on)[1]["prediction"]
     assert masked.item() != pytest.approx(plain.item()) and no_dims.item() == pytest.approx(plain.item())
+
+
+def test_dense_warmup_opens_every_gate_and_drops_the_penalty(pong_data, tmp_path):
+    """A dense step runs with every gate open and leaves the sparsity penalty out of the total; a run that is all
+    warm-up therefore never moves the gates' parameters, and one without it does."""
+    from cwm_rl.data import TransitionWindows
+    from cwm_rl.models.factory import make_world_model
+    from cwm_rl.wm_evaluation import Normalizer
+    from cwm_rl.wm_training import load_run, world_model_loss
+
+    ds = TransitionWindows(pong_data, 8)
+    batch = {k: torch.stack([ds[i][k] for i in range(32)]) for k in ds[0]}
+    dims = [s.stop - s.start for s in ds.slot_slices.values()]
+    torch.manual_seed(0)
+    model = make_world_model("slot-ssm", dims, ("discrete", 3), SlotModelConfig(d_model=16)).eval()
+    torch.nn.init.constant_(model.blocks[0].cross.edge_bias, -50.0)  # every gate shut
+    norm = Normalizer.fit(ds, list(range(len(ds))), action_start=0)
+    cfg = WMTrainConfig(model="slot-ssm", sparsity_weight=0.5)
+    total, parts = world_model_loss(model, batch, norm, cfg, dims)
+    total_dense, parts_dense = world_model_loss(model, batch, norm, cfg, dims, dense=True)
+    assert parts["prediction"].item() != pytest.approx(parts_dense["prediction"].item())  # the gates opened
+    expected = total_dense.item() + cfg.sparsity_weight * parts_dense["sparsity"].item()
+    assert parts_dense["sparsity"].item() > 0 and total.item() != pytest.approx(expected)
+    weighted = (parts_dense["prediction"] + cfg.reward_weight * parts_dense["reward"]).item()
+    assert total_dense.item() == pytest.approx(weighted + cfg.termination_weight * parts_dense["termination"].item())
+    assert not model.blocks[0].cross.force_open  # restored after the step
+
+    def gate_params(run):
+        cross = load_run(run)[1].blocks[0].cross
+        return torch.cat([p.flatten() for p in (cross.edge_q.weight, cross.edge_k.weight, cross.edge_bias)])
+
+    torch.manual_seed(0)
+    init = make_world_model("slot-ssm", dims, ("discrete", 3), SlotModelConfig(d_model=16, n_heads=2)).blocks[0]
+    init_params = torch.cat([p.flatten() for p in (init.cross.edge_q.weight, init.cross.edge_k.weight)])
+    for warmup in (30, 0):
+        run = tmp_path / f"warmup{warmup}"
+        train_world_model(_cfg(pong_data, model="slot-ssm", dense_warmup=warmup), run, progress=False)
+        params = gate_params(run)
+        moved = not torch.equal(params[: len(init_params)], init_params)
+        assert moved == (warmup == 0)
 
 
 @pytest.mark.parametrize("schedule, final_lr", [("constant", 1e-3), ("cosine", 1e-4)])

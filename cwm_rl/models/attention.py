@@ -121,6 +121,7 @@ class SlotCrossAttention(nn.Module):
         self.threshold = threshold
         self.resample_closed_action = resample_closed_action and kind == "hard"
         self.edge_mode = "native"  # outside training: see the module docstring
+        self.force_open = False  # every gate open, in training too (:func:`gates_open`)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -172,7 +173,9 @@ class SlotCrossAttention(nn.Module):
                 slots.shape[-1]
             ) + self.edge_bias
             probs = torch.sigmoid(edge_logits)
-            if self.kind == "hard":
+            if getattr(self, "force_open", False):  # (pickled before it existed)
+                gates = torch.ones_like(probs)
+            elif self.kind == "hard":
                 gates = probs if mode == "soft" else self._hard_gates(edge_logits, probs)
             elif mode == "learned":
                 gates = (probs > self.default_threshold(m)).to(probs.dtype)
@@ -273,6 +276,23 @@ def edge_mode(model: nn.Module, mode: str) -> Iterator[None]:
             layer.edge_mode = previous
 
 
+@contextlib.contextmanager
+def gates_open(model: nn.Module) -> Iterator[None]:
+    """Run a block with every gate of every gated :class:`SlotCrossAttention` of ``model`` open (1), in training
+    as in evaluation, then restore. A *dense warm-up* trains through it (``dense_warmup`` of the training configs):
+    the slot networks learn to use every parent's message before the gates and their penalty start to prune. The
+    edge scores are still reported; softmax attention has no gates and is unaffected."""
+    layers = [m for m in model.modules() if isinstance(m, SlotCrossAttention)]
+    before = [getattr(layer, "force_open", False) for layer in layers]
+    for layer in layers:
+        layer.force_open = True
+    try:
+        yield
+    finally:
+        for layer, previous in zip(layers, before, strict=True):
+            layer.force_open = previous
+
+
 def graph_rollout(per_layer: list[torch.Tensor]) -> torch.Tensor:
     """Compose per-layer edge scores ``(..., n, n + 1)`` into an end-to-end graph (attention rollout).
 
@@ -306,6 +326,7 @@ __all__ = [
     "AttentionOutput",
     "SlotCrossAttention",
     "edge_mode",
+    "gates_open",
     "graph_rollout",
     "sparsity_penalty",
 ]

@@ -292,3 +292,23 @@ def test_learner_holds_never_changing_dimensions_fixed_until_the_data_moves_them
     assert not agent.norm.delta_fixed[0] and agent.norm.delta_fixed[12:14].all()
     roll_goal = agent.norm.unnormalize_delta(torch.full((1, 14), 5.0))[0, 12:14]
     assert roll_goal.tolist() == [0.0, 0.0]
+
+
+def test_dense_warmup_counts_the_learners_updates_across_fits():
+    """``dense_warmup`` covers the learner's first updates whatever the fits' sizes: with 4 + 2 warm-up updates the
+    first fit and the first refit leave the gates' parameters alone (but for AdamW's weight decay, 1e-5 of each value
+    per update), and the next refit moves them (Adam's steps are about the learning rate, 1e-3, each)."""
+
+    def gates(agent):
+        cross = agent.model.blocks[0].cross
+        return torch.cat([p.detach().flatten().clone() for p in (cross.edge_q.weight, cross.edge_bias)])
+
+    agent = MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "dense_warmup": 6}), seed=0)
+    start = gates(agent)
+    agent.learn(128)  # the first fit (4 updates) and one refit (2): all warm-up
+    assert agent.model_updates == 6
+    torch.testing.assert_close(gates(agent), start, rtol=1e-4, atol=1e-6)
+    agent.learn(64)  # one more refit, past the warm-up
+    assert (gates(agent) - start).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="dense_warmup=-1 must be an integer >= 0"):
+        MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "dense_warmup": -1}), seed=0)

@@ -110,6 +110,41 @@ def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, mon
     assert resumed["wall_time_s"] > 0
 
 
+def test_a_run_written_before_a_config_key_existed_resumes_and_an_edit_is_still_refused(tmp_path, monkeypatch, capsys):
+    """A run of an older version has no ``mpc.dense_warmup`` in its config.yaml nor in its snapshot's hash; today's
+    resolved config has it (default 0, the old behaviour). Resuming accepts the file as written; an edit of it is
+    still refused."""
+    real = training.run_config_dict
+
+    def older(cfg):  # the config as the previous version wrote and hashed it
+        out = real(cfg)
+        out["mpc"] = {k: v for k, v in out["mpc"].items() if k != "dense_warmup"}
+        return out
+
+    train(_config("causal-mpc"), tmp_path / "whole", progress=False)
+    evaluate, calls = training._Evaluator.evaluate, []
+
+    def crash_at_third_evaluation(self, agent_):
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Crash
+        return evaluate(self, agent_)
+
+    monkeypatch.setattr(training, "run_config_dict", older)
+    monkeypatch.setattr(training._Evaluator, "evaluate", crash_at_third_evaluation)
+    with pytest.raises(_Crash):
+        train(_config("causal-mpc"), tmp_path / "old", progress=False)
+    monkeypatch.undo()
+    written = (tmp_path / "old" / "config.yaml").read_text()
+    assert "dense_warmup" not in written
+    (tmp_path / "old" / "config.yaml").write_text(written.replace("seed: 0", "seed: 1", 1))  # an edit
+    assert main(["train", "--resume", str(tmp_path / "old")]) == 2
+    assert "different config.yaml" in capsys.readouterr().err
+    (tmp_path / "old" / "config.yaml").write_text(written)
+    resume(tmp_path / "old", progress=False)
+    assert _same_weights(_final_weights(tmp_path / "old"), _final_weights(tmp_path / "whole"))
+
+
 def test_resume_without_the_global_random_streams_would_differ(tmp_path, monkeypatch):
     """The comparison above can fail: leave out one part of the snapshot (the global random streams SB3 samples
     actions and minibatches from) and PPO's resumed run ends with other weights."""

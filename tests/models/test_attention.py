@@ -11,6 +11,7 @@ from cwm_rl.models.attention import (
     KINDS,
     SlotCrossAttention,
     edge_mode,
+    gates_open,
     graph_rollout,
 )
 
@@ -74,6 +75,31 @@ def test_oracle_mask_cuts_every_other_parent(kind):
     # And the open edge does carry information: moving slot 2 changes child 0.
     other[:, 2] += 1.0
     assert not torch.allclose(attn(other, action, mask).out[:, 0], base[:, 0])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gates_open_opens_every_gate_in_training_too_and_restores(kind):
+    """Shut gates (bias -50) run as open ones (bias +50) inside ``gates_open``, in training as in evaluation;
+    softmax attention has no gates and is unchanged."""
+    torch.manual_seed(0)
+    attn = SlotCrossAttention(D, kind=kind, resample_closed_action=False)
+    slots, action = _inputs()
+    outs = {}
+    for bias in (-50.0, 50.0):
+        if kind != "softmax":
+            torch.nn.init.constant_(attn.edge_bias, bias)
+        for training in (False, True):
+            attn.train(training)
+            torch.manual_seed(1)
+            outs[bias, training, False] = attn(slots, action).out
+            with gates_open(attn):
+                torch.manual_seed(1)
+                outs[bias, training, True] = attn(slots, action).out
+    for training in (False, True):
+        torch.testing.assert_close(outs[-50.0, training, True], outs[50.0, training, False])
+        if kind != "softmax":
+            assert not torch.allclose(outs[-50.0, training, False], outs[50.0, training, False])
+    assert attn.force_open is False
 
 
 @pytest.mark.parametrize("resample", [False, True])
