@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
     load_before = os.getloadavg()[0]
+    commit = git_commit()  # before this run writes anything (its own outputs would read as a dirty tree)
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(max(1, args.jobs)) as pool:
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = {**machine_info(), "torch": torch.__version__, "jobs": args.jobs, "threads_per_job": 1}
     machine["load_before"], machine["load_after"] = load_before, os.getloadavg()[0]
-    measured = {"commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "machine": machine}
+    measured = {"commit": commit, "date": time.strftime("%Y-%m-%d"), "machine": machine}
     for summary in summaries.values():
         summary["measured"] = measured
     payload = {
