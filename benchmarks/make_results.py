@@ -248,6 +248,16 @@ def _gap(summary: dict) -> str:
     return f" (gap {gap:+.2f} ± {se:.2f} standard error over seeds: {verdict})"
 
 
+def _reused_rows(summary: dict) -> list[str]:
+    """Rows whose runs a later invocation reused, trained at another commit than the one it records."""
+    here = summary["measured"]["commit"]
+    other = {name: a["commits"] for name, a in summary["agents"].items() if a.get("commits") and a["commits"] != [here]}
+    if not other:
+        return []
+    text = "; ".join(f"`{name}` at " + ", ".join(f"`{c}`" for c in commits) for name, commits in other.items())
+    return [f"Rows reused from runs trained at other commits: {text}.", ""]
+
+
 def _sample_efficiency_section(bench: dict) -> list[str]:
     m = bench["machine"]
     lines = [
@@ -276,6 +286,7 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
         ]
         if "measured" in summary:
             lines += [f"Measured {summary['measured']['date']} at commit `{summary['measured']['commit']}`.", ""]
+            lines += _reused_rows(summary)
         variants = {name: a for name, a in summary["agents"].items() if a.get("overrides")}
         if variants:
             lines += [
@@ -285,6 +296,12 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
                     for name, a in variants.items()
                 )
                 + ".",
+                "",
+            ]
+        for pair in summary.get("variant_ood_gaps", []):
+            lines += [
+                f"OOD twin, `{pair['causal']}` against `{pair['dense']}` (trained alike): causal model "
+                f"{'better' if pair['ood_gap'] > 0 else 'not better'}{_gap(pair)}.",
                 "",
             ]
         lines += [

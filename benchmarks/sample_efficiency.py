@@ -30,12 +30,15 @@ Reported per env:
 
 An env's ``variants`` (in :data:`SETUPS`) are further model-based runs with dotted config overrides, reported in
 their own rows (named ``AGENT+...``) and never counted for the claim, which is about the shipped defaults;
-``--no-variants`` skips them.
+``--no-variants`` skips them. An env's ``ood_pairs`` name (causal, dense) variants trained alike, whose OOD gap is
+reported as the shipped defaults' is.
 
 Runs are independent processes (``--jobs`` at a time, one torch thread each), so wall times are only comparable
 between runs of one invocation. ``--quick`` is a smoke test (tiny budgets, one seed), not a measurement. With
 ``--envs`` naming only some envs and ``--out`` an existing file, the other envs' results in that file are kept;
-every env's summary records the commit, date and machine that measured it (``measured``).
+every env's summary records the commit, date and machine of the invocation (``measured``). A finished run in
+``--runs-dir`` is reused, not retrained (so adding a variant costs only its own runs); each run directory keeps the
+commit that trained it (``bench_commit.txt``) and each row lists its runs' commits (``commits``).
 """
 
 from __future__ import annotations
@@ -92,9 +95,15 @@ SETUPS: dict[str, dict[str, Any]] = {
             ),
             "mlp-mpc+env-reward+l1+long-fit": ("mlp-mpc", {**ENV_REWARD_L1, **LONG_FIT}),
         },
+        # (causal, dense) variants trained alike: their OOD gap is reported as the defaults' is
+        "ood_pairs": (
+            ("causal-mpc+env-reward+l1", "mlp-mpc+env-reward+l1"),
+            ("causal-mpc+env-reward+l1+deep+long-fit", "mlp-mpc+env-reward+l1+long-fit"),
+        ),
     },
 }
 QUICK = {"baseline": 2_000, "model_based": 600, "dyna": 600, "seeds": [0], "episodes": 2}
+COMMIT_FILE = "bench_commit.txt"  # in a run directory: the commit that trained it, so a reused run keeps its own
 MODEL_BASED_EVALS = 6  # evaluations per model-based run: each one plans every step of every episode
 BASELINE_EVALS = 10
 SPEEDUP_CLAIM = 5.0
@@ -156,8 +165,12 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         if any(dotted(k) != v for k, v in overrides.items() if k != "wm_probe_transitions"):
             raise SystemExit(f"{run} holds a different run; give another --runs-dir or remove it")
         metrics = json.loads((run / "metrics.json").read_text())
+        commit = (run / COMMIT_FILE).read_text().strip() if (run / COMMIT_FILE).is_file() else None
     else:
         metrics = train(resolve_config(overrides), run, progress=False)
+        commit = task.get("commit")
+        if commit:
+            (run / COMMIT_FILE).write_text(commit + "\n")
     train_s = json.loads((run / "timing.json").read_text())["wall_time_s"]  # the run's own, also when reused
     ood_file = run / "ood_eval.json"  # kept, so a rerun that adds agents does not re-plan every episode
     if ood_file.is_file():
@@ -179,6 +192,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "ood_mean_return": ood["mean_return"],
         "ood_returns": ood["returns"],
         "wall_s": train_s,
+        "commit": commit,  # the code that trained it (None: unknown, a run kept from before this was recorded)
     }
 
 
@@ -221,6 +235,7 @@ def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_curve_steps_to_target": reached,
             "speedup": (budget / reached) if reached else None,
             "wall_s_mean": float(np.mean([r["wall_s"] for r in rs])),
+            "commits": sorted({r["commit"] for r in rs if r.get("commit")}),
         }
     # issue 4: "causal-mpc (or causal-dyna)" reaches the target >= 5x sooner: the better of the two counts
     speedups = {a: agents[a]["speedup"] for a in ("causal-mpc", "causal-dyna") if a in agents and agents[a]["speedup"]}
@@ -243,14 +258,19 @@ def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
             else None
         ),
         **ood_gap(agents),
+        "variant_ood_gaps": [
+            {"causal": causal, "dense": dense, **ood_gap(agents, causal, dense)}
+            for causal, dense in setup.get("ood_pairs", ())
+            if {causal, dense} <= agents.keys()
+        ],
     }
 
 
-def ood_gap(agents: dict[str, Any]) -> dict[str, float]:
+def ood_gap(agents: dict[str, Any], causal: str = "causal-mpc", dense: str = "mlp-mpc") -> dict[str, float]:
     """OOD return of the causal minus the dense model's agent and its standard error over seeds (Welch)."""
-    if not {"causal-mpc", "mlp-mpc"} <= agents.keys():
+    if not {causal, dense} <= agents.keys():
         return {}
-    a, b = agents["causal-mpc"], agents["mlp-mpc"]
+    a, b = agents[causal], agents[dense]
     var = sum(x["ood_std"] ** 2 / max(1, len(x["seeds"]) - 1) for x in (a, b))  # np.std is the population std
     return {"ood_gap": a["ood_mean"] - b["ood_mean"], "ood_gap_se": float(np.sqrt(var))}
 
@@ -270,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seeds = QUICK["seeds"] if args.quick else args.seeds
     root = Path(args.runs_dir) / ("quick" if args.quick else "full")
+    commit = git_commit()  # before this run writes anything (its own outputs would read as a dirty tree)
     tasks = []
     for env_key in args.envs:
         setup = SETUPS[env_key]
@@ -296,10 +317,10 @@ def main(argv: list[str] | None = None) -> int:
                         "evals": evals,
                         "episodes": QUICK["episodes"] if args.quick else setup["episodes"],
                         "run_dir": str(root / env_key / f"{label}-{seed}"),
+                        "commit": commit,
                     }
                 )
     load_before = os.getloadavg()[0]
-    commit = git_commit()  # before this run writes anything (its own outputs would read as a dirty tree)
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(max(1, args.jobs)) as pool:

@@ -75,3 +75,20 @@ def test_a_variant_is_its_own_row_and_never_counts_for_the_claim(se):
     assert variant["speedup"] == 10.0 and variant["final_mean"] == 2.0  # its own seeds, not mixed with the default's
     assert out["agents"]["causal-mpc"]["speedup"] is None and out["agents"]["causal-mpc"]["overrides"] == {}
     assert out["claim_agent"] is None and not out["claim_speedup_met"]  # the shipped defaults did not make it
+
+
+def test_variants_trained_alike_get_their_own_ood_gap_and_rows_keep_their_commits(se):
+    base = [_run("sac", s, 100, [(50, 0.0), (100, 1.0)]) | {"commit": "aaaaaaa"} for s in (0, 1)]
+    causal_label, dense_label = se.SETUPS["pusher"]["ood_pairs"][0]
+    causal = [
+        _run("causal-mpc", s, 20, [(20, 0.0)], ood=-1.0 + s) | {"label": causal_label, "commit": "bbbbbbb"}
+        for s in (0, 1)
+    ]
+    dense = [_run("mlp-mpc", s, 20, [(20, 0.0)], ood=-3.0) | {"label": dense_label} for s in (0, 1)]
+    out = se.summarise("pusher", base + causal + dense)
+    (pair,) = out["variant_ood_gaps"]  # the other pair has no runs here: left out, not reported as zero
+    assert (pair["causal"], pair["dense"]) == (causal_label, dense_label)
+    assert pair["ood_gap"] == pytest.approx(2.5) and pair["ood_gap_se"] == pytest.approx(0.5)
+    assert "ood_gap" not in out  # the shipped defaults' gap needs the default rows
+    assert out["agents"]["sac"]["commits"] == ["aaaaaaa"] and out["agents"][causal_label]["commits"] == ["bbbbbbb"]
+    assert out["agents"][dense_label]["commits"] == []  # unknown: runs kept from before commits were recorded
