@@ -471,6 +471,7 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                 f"{rate['pushy']:.1%})"
             )
         contact = any("box_step_error_still" in r for r in bench["results"])
+        f1 = any("graph_f1" in r for r in bench["results"])
         lines += [
             f"`benchmarks/pusher_model_diagnosis.py --steps {bench['steps']} --updates {bench['updates']}`: "
             f"`{bench['env_id']}`, {bench['steps']:,} transitions from {' or from '.join(data)}; world models trained "
@@ -480,7 +481,12 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
             + (
                 "*Contact probe*: on held-out pushy transitions, the one-step error of the box's position where the "
                 "real box stays still and where it moves, and how often the learned `box <- agent` / "
-                "`box <- action` edges are on when the true edge is on (a contact) / off. "
+                "`box <- action` edges are on when the true edge is on (a contact) / off"
+                + (
+                    ", and the learned local graphs' F1 (precision / recall) against the env's, self-edges left out. "
+                    if f1
+                    else ". "
+                )
                 if contact
                 else ""
             )
@@ -496,8 +502,9 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                 if contact
                 else ""
             )
+            + ("| graph F1 (P / R) " if f1 else "")
             + "| return, learned reward | return, true reward |",
-            "|---|---|---:|---:|---|---|" + ("---|---|---|" if contact else "") + "---:|---:|",
+            "|---|---|---:|---:|---|---|" + ("---|---|---|" if contact else "") + ("---|" if f1 else "") + "---:|---:|",
         ]
         for r in bench["results"]:
             probe = ""
@@ -508,6 +515,12 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                         probe += f"| {r[f'box_{name}_edge_when_true']:.2f} / {r[f'box_{name}_edge_when_false']:.2f} "
                     else:
                         probe += "| - "
+            if f1:
+                probe += (
+                    f"| {r['graph_f1']:.2f} ({r['graph_precision']:.2f} / {r['graph_recall']:.2f}) "
+                    if "graph_f1" in r
+                    else "| - "
+                )
             lines.append(
                 f"| {r['data']} | {_with_overrides(r)} | {r['reward_weight']:g} | {r['prediction_mse']:.3f} "
                 f"| {r['real_box_moved']:.3f} / {r['imagined_box_moved']:.3f} "

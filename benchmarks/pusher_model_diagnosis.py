@@ -24,7 +24,8 @@ torch thread) and judged two ways:
 * **contact probe**: on 10,240 held-out transitions of the pushy policy (256 envs x 40 steps, unseen seeds), the
   one-step error of the box's position, apart for transitions where the real box stays still and where it moves,
   and, for models with a graph, how often the learned ``box <- agent`` and ``box <- action`` edges are on when the
-  env's true local edge is on (a contact) and when it is off. The box moves only on a contact, so a model must read
+  env's true local edge is on (a contact) and when it is off, and the learned local graphs' F1 against the env's
+  (self-edges left out, as in every graph metric here). The box moves only on a contact, so a model must read
   the agent's position to know whether it moves;
 * **planning**: the shipped planner plans 8 fixed-seed evaluation episodes (the agents' protocol) with the model's
   rollouts, scoring candidates by the model's reward head (``learned reward``) or by the env's reward function
@@ -56,6 +57,7 @@ from _common import machine_info, report  # noqa: E402
 
 from cwm_rl.agents.evaluation import evaluate_agent  # noqa: E402
 from cwm_rl.agents.model_based import mpc_config_for  # noqa: E402
+from cwm_rl.causal import HEADLINE, precision_recall_f1  # noqa: E402
 from cwm_rl.config import apply_overrides  # noqa: E402
 from cwm_rl.data import collect, make_vector_env  # noqa: E402
 from cwm_rl.models.attention import edge_mode  # noqa: E402
@@ -170,6 +172,8 @@ def contact_probe(model, norm, seed: int) -> dict[str, float]:
             on = true[:, 1, parent]
             out[f"box_{name}_edge_when_true"] = float(learned[on, 1, parent].mean())
             out[f"box_{name}_edge_when_false"] = float(learned[~on, 1, parent].mean())
+        # the whole local graph, scored as everywhere else (self-edges left out, the action column in)
+        out.update({f"graph_{k}": v for k, v in precision_recall_f1(learned, true, **HEADLINE).items()})
     return out
 
 
