@@ -436,6 +436,11 @@ def _oracle_section(benches: list[dict]) -> list[str]:
     return lines
 
 
+def _num(value: float | None, digits: int) -> str:
+    """A number to ``digits`` decimals, or ``-`` where a row has none."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def _with_overrides(row: dict) -> str:
     """The model's name, with the row's extra ``wm-train`` keys (``--grid ...,KEY=VALUE``) if any."""
     extra = row.get("overrides") or {}
@@ -494,7 +499,14 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
             f"{bench['episodes']} fixed-seed evaluation episodes with the model, scoring by its reward head or by the "
             f"env's reward function on the imagined states; random actions on the same episodes score "
             f"{bench['random_return']:.1f} ± {bench['random_return_se']:.1f}, MPC with the true simulator about -2 "
-            f"(the previous section). Returns are mean ± standard error. On {_machine(m)}, torch {m['torch']}.",
+            f"(the previous section). Returns are mean ± standard error. On {_machine(m)}, torch {m['torch']}."
+            + (
+                " Rows whose data is `agent, N steps` judge the world model a finished agent run left "
+                "(`--agent-runs`, the sample-efficiency benchmark's runs named in the model column): what the agent "
+                "learned online from its own transitions."
+                if any(r.get("model_updates") is not None for r in bench["results"])
+                else ""
+            ),
             "",
             "| data | model | reward weight | one-step MSE | box moved: real / imagined | reward error @1 / @10 "
             + (
@@ -522,7 +534,7 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                     else "| - "
                 )
             lines.append(
-                f"| {r['data']} | {_with_overrides(r)} | {r['reward_weight']:g} | {r['prediction_mse']:.3f} "
+                f"| {r['data']} | {_with_overrides(r)} | {r['reward_weight']:g} | {_num(r['prediction_mse'], 3)} "
                 f"| {r['real_box_moved']:.3f} / {r['imagined_box_moved']:.3f} "
                 f"| {r['reward_error_1']:.3f} / {r['reward_error_10']:.3f} "
                 + probe

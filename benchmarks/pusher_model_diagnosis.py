@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/pusher_model_diagnosis.py [--steps 6000] [--updates 1000] [--episodes 8] [--quick] [--json]
-                                                [--grid DATA,MODEL,REWARD_WEIGHT ...]
+                                                [--grid DATA,MODEL,REWARD_WEIGHT ...] [--agent-runs RUN_DIR ...]
                                                 [--out docs/pusher_model_diagnosis.json]
 
 With the true simulator the shipped planner (CEM, horizon 10, population 128, 3 iterations) pushes the box onto the
@@ -35,7 +35,9 @@ torch thread) and judged two ways:
 ``reward_weight`` 100 scales the reward loss to about the size of one normalised state dimension (Pusher2D's
 reward varies with a standard deviation of about 0.1, so its squared error is about 1% of one dimension's).
 ``--grid`` replaces the default rows (:data:`MODELS`), e.g. ``--grid pushy,mlp,100 pushy,slot-ssm,100``; a row may
-add ``wm-train`` config keys: ``pushy,mlp,100,prediction_loss=l1``.
+add ``wm-train`` config keys: ``pushy,mlp,100,prediction_loss=l1``. ``--agent-runs RUN_DIR ...`` judges the world
+models that finished MPC agent runs left (e.g. ``benchmarks/sample_efficiency.py``'s) with the same probes and
+planning: what an agent learned online, next to what the same model learns offline.
 """
 
 from __future__ import annotations
@@ -195,6 +197,51 @@ class ModelPlanner:
             return self.planner.plan(lambda actions: self.imagination.returns(obs, actions))
 
 
+def judge(model, norm, args, true_reward, discount: float) -> dict[str, float]:
+    """The push and contact probes, then the shipped planner with the model's reward head and with the true one."""
+    row = {**push_probe(model, norm, args.seed + 100), **contact_probe(model, norm, args.seed + 200)}
+    for label, reward in (("learned_reward", None), ("true_reward", true_reward)):
+        start = time.perf_counter()
+        planner = ModelPlanner(model, norm, reward, args.episodes, discount)
+        result = evaluate_agent(planner, ENV_ID, args.episodes, args.seed)
+        row[f"return_{label}"] = result["mean_return"]
+        row[f"return_{label}_se"] = result["std_return"] / np.sqrt(args.episodes)
+        row[f"plan_s_{label}"] = round(time.perf_counter() - start, 1)
+    return row
+
+
+def agent_row(run_dir: Path, args, true_reward, discount: float) -> dict[str, Any]:
+    """An MPC agent's world model as its run left it, judged like a grid row: what the agent learned online."""
+    from cwm_rl.agents.compare import load_agent
+
+    agent, cfg = load_agent(run_dir)
+    if cfg.env_id != ENV_ID or not hasattr(agent, "learner"):
+        raise SystemExit(f"{run_dir}: not a model-based agent's run on {ENV_ID}; give the run directory of one")
+    agent.model.eval()
+    with torch.no_grad():
+        judged = judge(agent.model, agent.norm, args, true_reward, discount)
+    return {
+        "data": f"agent, {cfg.steps:,} steps",
+        "model": run_dir.name,
+        "reward_weight": cfg.mpc.reward_weight,
+        "overrides": {},
+        "prediction_mse": None,  # the agent's own metrics are in its run's metrics.json
+        "model_updates": agent.learner.model_updates,
+        **judged,
+    }
+
+
+def print_row(row: dict[str, Any]) -> None:
+    print(
+        f"{row['data']:>6} {row['model']:>8} rw {row['reward_weight']:>5g} {row['overrides'] or ''}  "
+        f"box moved real {row['real_box_moved']:.3f} imagined {row['imagined_box_moved']:.3f}  one-step box error "
+        f"still {row['box_step_error_still']:.4f} moving {row['box_step_error_moving']:.4f}  "
+        f"reward err {row['reward_error_1']:.3f}/{row['reward_error_10']:.3f}  "
+        f"return learned {row['return_learned_reward']:.1f} true {row['return_true_reward']:.1f}",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6000, help="transitions per dataset")
@@ -207,8 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--grid", nargs="+", type=grid_row, help="rows DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...] (default: MODELS)"
     )
+    parser.add_argument(
+        "--agent-runs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="also judge the world models of finished MPC agent runs on Pusher2D (their last checkpoint)",
+    )
     args = parser.parse_args(argv)
-    rows_to_run = args.grid or [(*row, {}) for row in MODELS]
+    rows_to_run = args.grid or ([] if args.agent_runs else [(*row, {}) for row in MODELS])
     if args.quick:
         args.steps, args.updates, args.episodes = 600, 20, 2
     torch.set_num_threads(1)
@@ -243,28 +296,15 @@ def main(argv: list[str] | None = None) -> int:
                 "overrides": extra,
                 "prediction_mse": metrics["prediction_mse"],
                 "train_s": round(train_s, 1),
-                **push_probe(model, norm, args.seed + 100),
-                **contact_probe(model, norm, args.seed + 200),
+                **judge(model, norm, args, true_reward, discount),
             }
-            for label, reward in (("learned_reward", None), ("true_reward", true_reward)):
-                start = time.perf_counter()
-                planner = ModelPlanner(model, norm, reward, args.episodes, discount)
-                result = evaluate_agent(planner, ENV_ID, args.episodes, args.seed)
-                row[f"return_{label}"] = result["mean_return"]
-                row[f"return_{label}_se"] = result["std_return"] / np.sqrt(args.episodes)
-                row[f"plan_s_{label}"] = round(time.perf_counter() - start, 1)
             rows.append(row)
             if not args.json:
-                print(
-                    f"{data:>6} {kind:>8} rw {reward_weight:>5g} {extra or ''}  "
-                    f"box moved real {row['real_box_moved']:.3f} "
-                    f"imagined {row['imagined_box_moved']:.3f}  one-step box error still "
-                    f"{row['box_step_error_still']:.4f} moving {row['box_step_error_moving']:.4f}  "
-                    f"reward err {row['reward_error_1']:.3f}/"
-                    f"{row['reward_error_10']:.3f}  return learned {row['return_learned_reward']:.1f} "
-                    f"true {row['return_true_reward']:.1f}",
-                    flush=True,
-                )
+                print_row(row)
+    for run_dir in args.agent_runs or ():
+        rows.append(agent_row(Path(run_dir), args, true_reward, discount))
+        if not args.json:
+            print_row(rows[-1])
     space = make_vector_env(ENV_ID, 1, {})[0].single_action_space
     space.seed(args.seed)
     uniform = SimpleNamespace(predict=lambda obs, deterministic=True: np.stack([space.sample() for _ in obs]))
