@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     from cwm_rl.agents.compare import compare_runs
 
+    order = {t["run_dir"]: i for i, t in enumerate(tasks)}
+    results.sort(key=lambda r: order[r["run_dir"]])  # the tables' row order, however the runs finished
     summaries = {}
     for env_key in args.envs:
         env_runs = sorted((r for r in results if r["env_id"] == SETUPS[env_key]["env_id"]), key=lambda r: r["seed"])
