@@ -184,9 +184,11 @@ def compare_runs(run_dirs: list[str], out_dir: str | os.PathLike[str], threshold
             f"{np.mean(finals):.3f} ± {np.std(finals):.3f} | {np.mean(bests):.3f} | "
             f"{', '.join('never' if r is None else f'{r:,}' for r in reach)} |"
         )
+    ax.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
     ax.set_xlabel("env steps")
     ax.set_ylabel("evaluation return")
-    ax.legend()
+    # below the axes: labels that name a run's settings are long, and inside they would hide the curves
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.15), fontsize="small", frameon=False)
     ax.grid(alpha=0.3)
     save_figure(fig, out / "curves.png")
     text = "\n".join(rows) + "\n"

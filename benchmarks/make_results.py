@@ -249,13 +249,17 @@ def _gap(summary: dict) -> str:
 
 
 def _reused_rows(summary: dict) -> list[str]:
-    """Rows whose runs a later invocation reused, trained at another commit than the one it records."""
+    """Which commit trained which rows, where a later invocation reused runs trained at another commit than the
+    one it records."""
     here = summary["measured"]["commit"]
-    other = {name: a["commits"] for name, a in summary["agents"].items() if a.get("commits") and a["commits"] != [here]}
-    if not other:
+    by_commit: dict[str, list[str]] = {}
+    for name, a in summary["agents"].items():
+        for commit in a.get("commits", []):
+            by_commit.setdefault(commit, []).append(name)
+    if not set(by_commit) - {here}:
         return []
-    text = "; ".join(f"`{name}` at " + ", ".join(f"`{c}`" for c in commits) for name, commits in other.items())
-    return [f"Rows reused from runs trained at other commits: {text}.", ""]
+    text = "; ".join(f"at `{c}`: " + ", ".join(f"`{n}`" for n in names) for c, names in by_commit.items())
+    return [f"The runs were reused from earlier invocations, trained {text}.", ""]
 
 
 def _sample_efficiency_section(bench: dict) -> list[str]:
