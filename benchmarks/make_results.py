@@ -14,7 +14,11 @@ Usage::
     python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
         --grid pushy,slot-ssm,100,prediction_loss=l1,KEY=VALUE --out docs/pusher_model_diagnosis_NAME.json  # each
         # row of docs/design_notes.md's "Pusher2D, session 13" (~15 min each); files of one protocol share a table
-    python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~2 h on 2 cores (with variants)
+    python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~6 h on 2 cores (with variants)
+    D=runs/sample_efficiency/full/pusher; python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
+        --agent-runs $D/mlp-mpc+env-reward+l1-0 $D/mlp-mpc+env-reward+l1+long-fit-0 $D/causal-mpc+env-reward+l1-0 \
+        $D/causal-mpc+env-reward+l1+deep+long-fit-0 $D/causal-mpc+env-reward+l1+deep+long-fit-2 \
+        --out docs/pusher_model_diagnosis_agents.json  # the agents' own models, in the long rows' table (~25 min)
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
     python benchmarks/make_results.py            # writes docs/results.md
