@@ -676,8 +676,11 @@ def main() -> int:
     oracle = [b for b in (_load("oracle_planning.json"), _load("oracle_planning_pusher.json")) if b]
     if oracle:
         lines += _oracle_section(oracle)
-    names = ["pusher_model_diagnosis.json", "pusher_model_diagnosis_long.json"]
-    names += sorted(f.name for f in DOCS.glob("pusher_model_diagnosis_*.json") if f.name not in names)
+    # The offline grids first, the agents' own models last (they are judged against the offline rows).
+    first = ["pusher_model_diagnosis.json", "pusher_model_diagnosis_long.json"]
+    last = ["pusher_model_diagnosis_agents.json"]
+    rest = sorted(f.name for f in DOCS.glob("pusher_model_diagnosis_*.json") if f.name not in first + last)
+    names = first + rest + last
     pusher = [_load(name) for name in names]
     pusher = [b for b in pusher if b and not b["quick"]]
     if pusher:

@@ -94,6 +94,19 @@ SETUPS: dict[str, dict[str, Any]] = {
                 },
             ),
             "mlp-mpc+env-reward+l1+long-fit": ("mlp-mpc", {**ENV_REWARD_L1, **LONG_FIT}),
+            # The same slot model with every gate kept open (no penalty, gates start open): the slot layout
+            # without the learned sparsity, to tell which of the two keeps the deep variant from pushing.
+            "causal-mpc+env-reward+l1+deep-open+long-fit": (
+                "causal-mpc",
+                {
+                    **ENV_REWARD_L1,
+                    **LONG_FIT,
+                    "mpc.slot.d_model": 64,
+                    "mpc.slot.mlp_layers": 3,
+                    "mpc.sparsity_weight": 0.0,
+                    "mpc.slot.gate_init": 10.0,
+                },
+            ),
         },
         # (causal, dense) variants trained alike: their OOD gap is reported as the defaults' is
         "ood_pairs": (
