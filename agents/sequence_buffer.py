@@ -83,6 +83,30 @@ class SequenceBuffer:
         out["reward"] = out["reward"].float()
         return out
 
+    def dataset_arrays(self) -> dict[str, np.ndarray]:
+        """Every real transition as the rows of a transition dataset (docs/data_format.md): sub-env by sub-env, in
+        time order, with ``truncated`` (an episode's end that was not a termination), ``episode`` ids counting up
+        at every end and every new sub-env, and ``env_index``. The FIFO drops the oldest time steps, so the first
+        episode of a sub-env may begin mid-way; its rows are still a real trajectory."""
+        t = self._t
+        keys = (*KEYS, "truncated", "env_index")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        starts: list[np.ndarray] = []
+        for env in range(self.n_envs):
+            rows = np.flatnonzero(self._valid[:t, env])
+            for k in KEYS:
+                parts[k].append(self._data[k][rows, env])
+            end = self._end[rows, env]
+            parts["truncated"].append(end & ~self._data["terminated"][rows, env])
+            parts["env_index"].append(np.full(len(rows), env, dtype=np.int32))
+            new = np.zeros(len(rows), dtype=bool)
+            new[:1] = True
+            new[1:] = end[:-1]  # a row after an end opens the next episode
+            starts.append(new)
+        out = {k: np.concatenate(v) for k, v in parts.items()}
+        out["episode"] = (np.cumsum(np.concatenate(starts)) - 1).astype(np.int32)
+        return out
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Every real transition, flattened ``(n, ...)`` (for normalisation statistics)."""
         return {k: v[: self._t][self._valid[: self._t]] for k, v in self._data.items()}

@@ -12,7 +12,8 @@ the whole training state (:mod:`cwm_rl.agents.snapshot`) taken after every evalu
 exact (at once for the model-based agents; where SB3 starts its next rollout for the SB3 and Dyna agents). A run
 killed at any moment, or stopped with Ctrl-C (which takes a snapshot before stopping), continues with
 ``cwm-rl train --resume RUN_DIR`` and ends with the same ``metrics.json`` as an uninterrupted run (wall times
-aside). ``resume.pt`` is removed when the run finishes.
+aside). ``resume.pt`` is removed when the run finishes. With ``save_data`` an MPC agent's run also ends with
+``data/``, its replay buffer as a transition dataset.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 from cwm_rl.checkpoint import atomic_write_json
 from cwm_rl.config import ConfigError, apply_overrides, from_dict, read_yaml_mapping, save_yaml, to_dict
+from cwm_rl.data import save_transitions
 from cwm_rl.envs import spec_of
 from cwm_rl.errors import TrainingInterrupted
 
@@ -42,6 +44,8 @@ from .snapshot import SNAPSHOT_NAME, load_snapshot, save_snapshot, set_global_rn
 from .wm_probe import RETURN_SEED_OFFSET, WorldModelProbeCallback, imagined_vs_real_return
 from .world_model_learner import EVAL_ENVS, EVAL_HORIZONS, min_eval_transitions
 
+DATA_DIR = "data"
+"""Where a run with ``save_data`` writes its agent's transitions (a dataset directory)."""
 AGENTS = (*MPC_AGENTS, *DYNA_AGENTS, *SB3_ALGOS, "random")
 """Every agent id ``cwm-rl train --agent`` accepts."""
 
@@ -69,6 +73,9 @@ class TrainConfig:
         wm_probe: SB3 baselines train a probe world model on the transitions they experience
             (:class:`~cwm_rl.agents.wm_probe.WorldModelProbeCallback`, cheap default schedule), so their ``wm_*``
             curves read like a model-based agent's; false turns it off.
+        save_data: MPC agents only: at the end of the run, write the real transitions in the replay buffer (the
+            last ``mpc.buffer_size``) to ``RUN_DIR/data/`` as a transition dataset (docs/data_format.md), so the
+            data the agent learned from can be studied offline (``cwm-rl wm-train --data RUN_DIR/data``).
     """
 
     env_id: str = ""
@@ -83,6 +90,7 @@ class TrainConfig:
     sb3_kwargs: dict[str, Any] = field(default_factory=dict)
     wm_probe_transitions: int = 1000
     wm_probe: bool = True
+    save_data: bool = False
 
 
 def resolve_config(overrides: dict[str, Any], config_file: str | os.PathLike[str] | None = None) -> TrainConfig:
@@ -135,6 +143,11 @@ def check_train_config(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name}={value} must be a positive integer")
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be >= 0")
+    if cfg.save_data and cfg.agent not in MPC_AGENTS:
+        raise ConfigError(
+            f"save_data is for the MPC agents ({', '.join(MPC_AGENTS)}), whose replay buffer keeps whole "
+            f"trajectories; {cfg.agent!r} has none to save: drop save_data=true"
+        )
 
 
 def make_agent(cfg: TrainConfig, tensorboard_dir: str | None = None, log: Callable | None = None) -> Any:
@@ -421,6 +434,17 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
         writer.close()
         if hasattr(agent, "close"):
             agent.close()
+    if cfg.save_data:  # before metrics.json: a finished run has its data
+        save_transitions(
+            run / DATA_DIR,
+            cfg.env_id,
+            agent.buffer.dataset_arrays(),
+            policy=f"{cfg.agent} replay buffer",
+            seed=cfg.seed,
+            num_envs=agent.buffer.n_envs,
+            env_kwargs=cfg.env_kwargs,
+            overwrite=True,
+        )
     best = max(evaluator.curve, key=lambda p: p["mean_return"])
     metrics = {
         "env_id": spec_of(cfg.env_id).id,

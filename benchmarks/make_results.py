@@ -678,7 +678,7 @@ def main() -> int:
         lines += _oracle_section(oracle)
     # The offline grids first, the agents' own models last (they are judged against the offline rows).
     first = ["pusher_model_diagnosis.json", "pusher_model_diagnosis_long.json"]
-    last = ["pusher_model_diagnosis_agents.json"]
+    last = sorted(f.name for f in DOCS.glob("pusher_model_diagnosis_agents*.json"))
     rest = sorted(f.name for f in DOCS.glob("pusher_model_diagnosis_*.json") if f.name not in first + last)
     names = first + rest + last
     pusher = [_load(name) for name in names]

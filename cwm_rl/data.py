@@ -168,6 +168,41 @@ def collect(
     return CollectResult(out, meta, metrics)
 
 
+def save_transitions(
+    out_dir: str | os.PathLike[str],
+    env_id: str,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    policy: str,
+    seed: int,
+    num_envs: int,
+    env_kwargs: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> CollectResult:
+    """Write transitions gathered elsewhere (an agent's replay buffer) as a dataset, in the format ``collect``
+    writes, so ``wm-train --data`` and ``TransitionWindows`` read them like collected data.
+
+    ``arrays`` holds the rows of docs/data_format.md (the required arrays, episode-contiguous). The env is made
+    once to describe itself (slots, graph, spaces); ``policy`` says where the transitions came from.
+
+    Raises:
+        DataError: ``out_dir`` is taken (as for ``collect``), or the arrays do not form a valid dataset.
+    """
+    kwargs = dict(env_kwargs or {})
+    out = Path(out_dir)
+    _check_destination(out, overwrite)
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    venv, spec_id = make_vector_env(env_id, 1, kwargs)
+    try:
+        meta = _build_meta(venv, spec_id, kwargs, arrays, int(seed), int(num_envs), policy)
+    finally:
+        venv.close()
+    _validate(meta, arrays, where=f"transitions of {policy} on {spec_id}")
+    metrics = _metrics(meta, arrays)
+    _write_dataset(out, meta, arrays, metrics, overwrite)
+    return CollectResult(out, meta, metrics)
+
+
 def _check_positive_int(name: str, value: Any, what: str) -> None:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise InvalidArgumentError(f"{name}={value!r} must be a positive integer ({what})")

@@ -55,6 +55,23 @@ def test_buffer_windows_never_cross_an_episode_end_or_an_autoreset_step():
     assert len(buf) == 8 * 2 - 2
 
 
+def test_buffer_as_dataset_rows_keeps_episodes_and_tells_truncation_from_termination():
+    buf = SequenceBuffer(n_envs=2, capacity=1000, window=3)
+    for t in range(8):
+        step = _step(2, t)
+        step["terminated"] = np.array([t == 2, False])  # env 0 terminates at t=2; env 1 is truncated at t=5
+        valid = np.array([t != 3, t != 6])  # the step after an end is the autoreset step
+        buf.add(step, valid, np.array([t == 2, t == 5]))
+    rows = buf.dataset_arrays()
+    # env 0: t = 0,1,2 | 4..7; env 1: t = 0..5 | 7 (autoreset steps are not transitions)
+    assert rows["obs"][:, 0].tolist() == [0, 1, 2, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 7]
+    assert rows["env_index"].tolist() == [0] * 7 + [1] * 7
+    assert rows["episode"].tolist() == [0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 3]
+    assert np.flatnonzero(rows["terminated"]).tolist() == [2]
+    assert np.flatnonzero(rows["truncated"]).tolist() == [12]
+    assert len(rows["obs"]) == len(buf)
+
+
 def test_buffer_is_bounded():
     buf = SequenceBuffer(n_envs=2, capacity=20, window=3)
     for t in range(100):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 
@@ -70,6 +71,44 @@ def test_causal_mpc_run(tmp_path):
     assert metrics["wm_f1"] == metrics["curve"][-1]["wm_f1"]
     agent = MPCAgent.load(tmp_path / "run" / "agent.pt", env_id="cwm/Chemistry-v0")
     assert agent.model_ready and agent.config.model == "slot-ssm"
+
+
+def test_save_data_writes_the_replay_buffer_as_a_dataset(tmp_path):
+    from cwm_rl.agents.model_based import MPCConfig
+    from cwm_rl.config import from_dict
+    from cwm_rl.data import TransitionWindows, load_dataset
+
+    cfg = TrainConfig(
+        env_id="cwm/Chemistry-v0",
+        agent="mlp-mpc",
+        steps=120,
+        eval_every=120,
+        eval_episodes=1,
+        mpc=from_dict(MPCConfig, TINY_MPC),
+        wm_probe_transitions=0,
+        save_data=True,
+    )
+    metrics = train(cfg, tmp_path / "run", progress=False)
+    data = load_dataset(tmp_path / "run" / "data", env_id="cwm/Chemistry-v0")
+    arrays = data.arrays
+    assert data.meta["n_transitions"] == metrics["env_steps"] == 120
+    assert data.meta["policy"] == "mlp-mpc replay buffer" and data.meta["num_envs"] == TINY_MPC["n_envs"]
+    # Each episode is a real trajectory, as in collected data.
+    same = arrays["episode"][1:] == arrays["episode"][:-1]
+    assert np.array_equal(arrays["next_obs"][:-1][same], arrays["obs"][1:][same])
+    ended = arrays["terminated"] | arrays["truncated"]
+    same_env = arrays["env_index"][1:] == arrays["env_index"][:-1]
+    assert ended.any() and ended[:-1][~same & same_env].all()  # in a sub-env, episodes change only after an end
+    assert not ended[:-1][same].any()
+    windows = TransitionWindows(tmp_path / "run" / "data", window=4, env_id="cwm/Chemistry-v0")
+    assert len(windows) > 0 and windows.causal_graph.shape == (windows.n_slots, windows.n_slots + 1)
+
+
+def test_save_data_is_refused_for_agents_without_trajectories(tmp_path, capsys):
+    cfg = TrainConfig(env_id="cwm/Chemistry-v0", agent="random", steps=50, save_data=True)
+    with pytest.raises(ConfigError, match="save_data is for the MPC agents"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_dir_is_never_overwritten(tmp_path):
