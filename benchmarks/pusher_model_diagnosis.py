@@ -61,7 +61,7 @@ from cwm_rl.agents.evaluation import evaluate_agent  # noqa: E402
 from cwm_rl.agents.model_based import mpc_config_for  # noqa: E402
 from cwm_rl.causal import HEADLINE, precision_recall_f1  # noqa: E402
 from cwm_rl.config import apply_overrides  # noqa: E402
-from cwm_rl.data import collect, make_vector_env  # noqa: E402
+from cwm_rl.data import collect, load_dataset, make_vector_env  # noqa: E402
 from cwm_rl.models.attention import edge_mode  # noqa: E402
 from cwm_rl.models.factory import MODEL_KINDS  # noqa: E402
 from cwm_rl.planning import make_planner  # noqa: E402
@@ -99,17 +99,18 @@ def pushy_policy(seed: int):
 
 def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
     """``DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...]`` for ``--grid``: ``pushy,mlp,100`` or
-    ``pushy,slot-ssm,100,prediction_loss=l1,sparsity_weight=0.002`` (extra ``wm-train`` config keys)."""
+    ``pushy,slot-ssm,100,prediction_loss=l1,sparsity_weight=0.002`` (extra ``wm-train`` config keys). ``DATA`` is
+    ``random``, ``pushy`` or a Pusher2D dataset directory (an agent's ``RUN_DIR/data``, ``save_data=true``)."""
     parts = text.split(",")
     if (
         len(parts) < 3
-        or parts[0] not in ("random", "pushy")
+        or (parts[0] not in ("random", "pushy") and not (Path(parts[0]) / "meta.json").is_file())
         or parts[1] not in MODEL_KINDS
         or any("=" not in p for p in parts[3:])
     ):
         raise argparse.ArgumentTypeError(
-            f"{text!r}: expected DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...] with DATA random|pushy and "
-            f"MODEL {'|'.join(MODEL_KINDS)}, e.g. pushy,mlp,100 or pushy,mlp,100,prediction_loss=l1"
+            f"{text!r}: expected DATA,MODEL,REWARD_WEIGHT[,KEY=VALUE...] with DATA random, pushy or a dataset "
+            f"directory and MODEL {'|'.join(MODEL_KINDS)}, e.g. pushy,mlp,100 or pushy,mlp,100,prediction_loss=l1"
         )
     try:
         weight = float(parts[2])
@@ -117,6 +118,14 @@ def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
         raise argparse.ArgumentTypeError(f"{text!r}: REWARD_WEIGHT {parts[2]!r} is not a number") from None
     extra = {k: yaml.safe_load(v) for k, v in (p.split("=", 1) for p in parts[3:])}
     return parts[0], parts[1], weight, extra
+
+
+def data_label(data: str) -> str:
+    """How a row names its data: ``random``, ``pushy``, or ``data of RUN`` for an agent run's ``RUN/data``."""
+    if data in ("random", "pushy"):
+        return data
+    path = Path(data)
+    return f"data of {path.parent.name}" if path.name == "data" else path.name
 
 
 def push_probe(model, norm, seed: int) -> dict[str, float]:
@@ -276,21 +285,23 @@ def main(argv: list[str] | None = None) -> int:
             if name not in {row[0] for row in rows_to_run}:
                 continue
             collect(ENV_ID, args.steps, Path(tmp) / name, policy=policy, seed=args.seed)
-            graph = np.load(Path(tmp) / name / "transitions.npz")["local_graph"]
-            contact[name] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step
+        data_dirs = {d: Path(tmp) / d if d in ("random", "pushy") else Path(d) for d, *_ in rows_to_run}
+        for name, where in data_dirs.items():
+            graph = load_dataset(where, env_id=ENV_ID).arrays["local_graph"]
+            contact[data_label(name)] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step
         for data, kind, reward_weight, extra in rows_to_run:
-            run = Path(tmp) / f"{data}-{kind}-{reward_weight:g}-{len(rows)}"
+            run = Path(tmp) / f"run-{kind}-{reward_weight:g}-{len(rows)}"
             overrides = {"steps": args.updates, "reward_weight": reward_weight, "threads": 1, "seed": args.seed}
             overrides.update(extra)
             cfg = apply_overrides(
-                WMTrainConfig(data=str(Path(tmp) / data), env_id=ENV_ID, model=kind), overrides, where="benchmark"
+                WMTrainConfig(data=str(data_dirs[data]), env_id=ENV_ID, model=kind), overrides, where="benchmark"
             )
             start = time.perf_counter()
             metrics = train_world_model(cfg, run, progress=False)
             train_s = time.perf_counter() - start
             _, model, norm, _ = load_run(run)
             row = {
-                "data": data,
+                "data": data_label(data),
                 "model": kind,
                 "reward_weight": reward_weight,
                 "overrides": extra,
