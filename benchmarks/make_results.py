@@ -483,11 +483,18 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                 "a *pushy* policy (a force towards the box 60% of the time, plus noise: contacts in "
                 f"{rate['pushy']:.1%})"
             )
+        data = [f"{bench['steps']:,} transitions from {' or from '.join(data)}"] if data else []
+        for name in sorted(set(rate) - {"random", "pushy"}):  # an agent run's replay buffer (`data of RUN`)
+            n = bench.get("transitions", {}).get(name)  # files written before the count was recorded lack it
+            data.append(
+                f"the {f'{n:,} ' if n else ''}transitions of `{name}` (an agent run's replay buffer as `save_data` "
+                f"writes it; contacts in {rate[name]:.1%})"
+            )
         contact = any("box_step_error_still" in r for r in bench["results"])
         f1 = any("graph_f1" in r for r in bench["results"])
         lines += [
             f"`benchmarks/pusher_model_diagnosis.py --steps {bench['steps']} --updates {bench['updates']}`: "
-            f"`{bench['env_id']}`, {bench['steps']:,} transitions from {' or from '.join(data)}; world models trained "
+            f"`{bench['env_id']}`, {', or '.join(data) or 'no dataset'}; world models trained "
             f"with `wm-train`'s code for {bench['updates']:,} steps. *Push probe*: 256 real states, 10 steps of a "
             "force towards the box in the env and in the model: the box's mean displacement (real vs imagined) and "
             "the mean reward error after 1 and 10 steps. "

@@ -280,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     discount = mpc_config_for("causal-mpc", env_id=ENV_ID).discount
     rows: list[dict[str, Any]] = []
     contact: dict[str, float] = {}
+    transitions: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, policy in (("random", "random"), ("pushy", pushy_policy(args.seed))):
             if name not in {row[0] for row in rows_to_run}:
@@ -289,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, where in data_dirs.items():
             graph = load_dataset(where, env_id=ENV_ID).arrays["local_graph"]
             contact[data_label(name)] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step
+            transitions[data_label(name)] = len(graph)
         for data, kind, reward_weight, extra in rows_to_run:
             run = Path(tmp) / f"run-{kind}-{reward_weight:g}-{len(rows)}"
             overrides = {"steps": args.updates, "reward_weight": reward_weight, "threads": 1, "seed": args.seed}
@@ -331,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "quick": args.quick,
         "contact_rate": contact,
+        "transitions": transitions,
         "machine": {**machine_info(), "torch": torch.__version__},
         "results": rows,
     }
