@@ -19,6 +19,16 @@ Usage::
         --agent-runs $D/mlp-mpc+env-reward+l1-0 $D/mlp-mpc+env-reward+l1+long-fit-0 $D/causal-mpc+env-reward+l1-0 \
         $D/causal-mpc+env-reward+l1+deep+long-fit-0 $D/causal-mpc+env-reward+l1+deep+long-fit-2 \
         --out docs/pusher_model_diagnosis_agents.json  # the agents' own models, in the long rows' table (~25 min)
+    python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
+        --agent-runs $D/causal-mpc+env-reward+l1+deep-open+long-fit-0 --out docs/pusher_model_diagnosis_agents_open.json
+    cwm-rl train --env cwm/Pusher2D-v0 --agent causal-mpc --steps 3000 --seed 0 --run-dir deep-open-0-at3000 \
+        --set eval_every=1000 --set wm_probe_transitions=0 --set save_data=true --set KEY=VALUE...  # the overrides
+        # of sample_efficiency.py's causal-mpc+env-reward+l1+deep-open+long-fit; then (~60 min on a busy machine):
+    A=deep-open-0-at3000/data; S=prediction_loss=l1,slot.d_model=64,slot.mlp_layers=3
+    python benchmarks/pusher_model_diagnosis.py --updates 4500 \
+        --grid $A,slot-ssm,1,$S,slot.gate_init=3.0,dense_warmup=2500 \
+        $A,slot-ssm,1,$S,slot.gate_init=10.0,sparsity_weight=0 $A,mlp,1,prediction_loss=l1 \
+        --out docs/pusher_model_diagnosis_agentdata.json  # three models on one agent's replay buffer
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
     python benchmarks/make_results.py            # writes docs/results.md
@@ -493,7 +503,9 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
         contact = any("box_step_error_still" in r for r in bench["results"])
         f1 = any("graph_f1" in r for r in bench["results"])
         lines += [
-            f"`benchmarks/pusher_model_diagnosis.py --steps {bench['steps']} --updates {bench['updates']}`: "
+            "`benchmarks/pusher_model_diagnosis.py "
+            + (f"--steps {bench['steps']} " if {"random", "pushy"} & set(rate) else "")  # generated data only
+            + f"--updates {bench['updates']}`: "
             f"`{bench['env_id']}`, {', or '.join(data) or 'no dataset'}; world models trained "
             f"with `wm-train`'s code for {bench['updates']:,} steps. *Push probe*: 256 real states, 10 steps of a "
             "force towards the box in the env and in the model: the box's mean displacement (real vs imagined) and "
