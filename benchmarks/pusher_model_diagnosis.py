@@ -69,6 +69,7 @@ from cwm_rl.planning.imagination import Imagination  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, load_run, train_world_model  # noqa: E402
 
 ENV_ID = "cwm/Pusher2D-v0"
+GENERATED = ("random", "pushy")  # the datasets the diagnosis collects itself (any other DATA is a directory)
 AGENT, BOX = slice(0, 2), slice(4, 6)  # observation columns
 PROBE_STATES, PROBE_STEPS = 256, 10
 # (dataset, model kind, reward_weight)
@@ -104,7 +105,7 @@ def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
     parts = text.split(",")
     if (
         len(parts) < 3
-        or (parts[0] not in ("random", "pushy") and not (Path(parts[0]) / "meta.json").is_file())
+        or (parts[0] not in GENERATED and not (Path(parts[0]) / "meta.json").is_file())
         or parts[1] not in MODEL_KINDS
         or any("=" not in p for p in parts[3:])
     ):
@@ -122,7 +123,7 @@ def grid_row(text: str) -> tuple[str, str, float, dict[str, Any]]:
 
 def data_label(data: str) -> str:
     """How a row names its data: ``random``, ``pushy``, or ``data of RUN`` for an agent run's ``RUN/data``."""
-    if data in ("random", "pushy"):
+    if data in GENERATED:
         return data
     path = Path(data)
     return f"data of {path.parent.name}" if path.name == "data" else path.name
@@ -282,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     contact: dict[str, float] = {}
     transitions: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, policy in (("random", "random"), ("pushy", pushy_policy(args.seed))):
+        for name, policy in zip(GENERATED, ("random", pushy_policy(args.seed)), strict=True):
             if name not in {row[0] for row in rows_to_run}:
                 continue
             collect(ENV_ID, args.steps, Path(tmp) / name, policy=policy, seed=args.seed)
-        data_dirs = {d: Path(tmp) / d if d in ("random", "pushy") else Path(d) for d, *_ in rows_to_run}
+        data_dirs = {d: Path(tmp) / d if d in GENERATED else Path(d) for d, *_ in rows_to_run}
         for name, where in data_dirs.items():
             graph = load_dataset(where, env_id=ENV_ID).arrays["local_graph"]
             contact[data_label(name)] = float(graph[:, 1, 0].mean())  # agent -> box: a contact in this step

@@ -60,6 +60,7 @@ from _common import machine_info, report, write_json  # noqa: E402
 
 ENV_REWARD_L1 = {"mpc.reward": "env", "mpc.prediction_loss": "l1"}
 LONG_FIT = {"mpc.first_updates": 3000, "mpc.updates": 500}  # 4,500 updates in 6k steps (the default: 1,050)
+DEEP_SLOT = {"mpc.slot.d_model": 64, "mpc.slot.mlp_layers": 3}  # session 14's offline fix (a three-layer node net)
 # (env key) -> env id, the baseline and its budget, the model-based agents and their budget, evaluation episodes
 SETUPS: dict[str, dict[str, Any]] = {
     "pong": {
@@ -88,8 +89,7 @@ SETUPS: dict[str, dict[str, Any]] = {
                 {
                     **ENV_REWARD_L1,
                     **LONG_FIT,
-                    "mpc.slot.d_model": 64,
-                    "mpc.slot.mlp_layers": 3,
+                    **DEEP_SLOT,
                     "mpc.dense_warmup": 2500,
                 },
             ),
@@ -101,8 +101,7 @@ SETUPS: dict[str, dict[str, Any]] = {
                 {
                     **ENV_REWARD_L1,
                     **LONG_FIT,
-                    "mpc.slot.d_model": 64,
-                    "mpc.slot.mlp_layers": 3,
+                    **DEEP_SLOT,
                     "mpc.sparsity_weight": 0.0,
                     "mpc.slot.gate_init": 10.0,
                 },
