@@ -57,7 +57,11 @@ class MPCConfig:
         window, batch_size, lr, sparsity_weight, reward_weight, prediction_loss: world-model training (as in
             ``cwm-rl wm-train``; ``reward_weight`` scales the reward head's squared error, in the env's raw reward
             units; ``prediction_loss`` is ``mse`` or ``l1``); ``dense_warmup``: the first world-model updates run
-            with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key).
+            with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key), counted across
+            fits. Set it above ``first_updates`` so the gates close on data with the agent's own plans in it, not on
+            the seed steps alone: on Pusher2D, gates that closed during the first fit (random play, contacts in about
+            1% of the steps) kept ``box <- agent`` shut through the agent's later, contact-rich data
+            (docs/design_notes.md, "Pusher2D, session 17").
         discount: discount of imagined rewards.
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).

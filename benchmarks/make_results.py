@@ -29,6 +29,11 @@ Usage::
         --grid $A,slot-ssm,1,$S,slot.gate_init=3.0,dense_warmup=2500 \
         $A,slot-ssm,1,$S,slot.gate_init=10.0,sparsity_weight=0 $A,mlp,1,prediction_loss=l1 \
         --out docs/pusher_model_diagnosis_agentdata.json  # three models on one agent's replay buffer
+    cwm-rl train --env cwm/Pusher2D-v0 --agent causal-mpc --steps 6000 --seed 0 --run-dir sparse-save-0 \
+        --set eval_every=1000 --set eval_episodes=5 --set wm_probe_transitions=0 --set save_data=true \
+        --set KEY=VALUE...  # the overrides of causal-mpc+env-reward+l1+deep+long-fit (the sparse deep agent); then
+    A=sparse-save-0/data; python benchmarks/pusher_model_diagnosis.py --updates 4500 --grid (the three rows above, \
+        on $A) --out docs/pusher_model_diagnosis_agentdata_sparse.json  # the same three models on its own buffer
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
     python benchmarks/make_results.py            # writes docs/results.md
