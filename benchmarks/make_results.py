@@ -49,6 +49,7 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+GENERATED = {"random", "pushy"}  # the datasets pusher_model_diagnosis.py collects itself (others: agent buffers)
 
 
 def _load(name: str) -> dict | None:
@@ -502,7 +503,7 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
                 f"{rate['pushy']:.1%})"
             )
         data = [f"{bench['steps']:,} transitions from {' or from '.join(data)}"] if data else []
-        for name in sorted(set(rate) - {"random", "pushy"}):  # an agent run's replay buffer (`data of RUN`)
+        for name in sorted(set(rate) - GENERATED):  # an agent run's replay buffer (`data of RUN`)
             n = bench.get("transitions", {}).get(name)  # files written before the count was recorded lack it
             data.append(
                 f"the {f'{n:,} ' if n else ''}transitions of `{name}` (an agent run's replay buffer as `save_data` "
@@ -512,7 +513,7 @@ def _pusher_diagnosis_section(benches: list[dict]) -> list[str]:
         f1 = any("graph_f1" in r for r in bench["results"])
         lines += [
             "`benchmarks/pusher_model_diagnosis.py "
-            + (f"--steps {bench['steps']} " if {"random", "pushy"} & set(rate) else "")  # generated data only
+            + (f"--steps {bench['steps']} " if GENERATED & set(rate) else "")  # generated data only
             + f"--updates {bench['updates']}`: "
             f"`{bench['env_id']}`, {', or '.join(data) or 'no dataset'}; world models trained "
             f"with `wm-train`'s code for {bench['updates']:,} steps. *Push probe*: 256 real states, 10 steps of a "
