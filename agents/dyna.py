@@ -90,6 +90,8 @@ class DynaConfig:
             units; ``prediction_loss`` is ``mse`` or ``l1``); ``dense_warmup``: the first world-model updates run
             with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key); ``batch_size``
             is the world model's (windows per step), SB3's own is ``sb3_kwargs.batch_size``.
+        reset_every: re-initialise the world model every ``reset_every`` env steps (counted from its first fit)
+            and refit it from scratch with ``first_updates``, as the MPC agent's key. 0 (default): never.
         rollout_horizon: MBPO's k, imagined steps per rollout (a rollout also stops at a predicted termination).
         rollout_batch: imagined rollouts (real start states) per refit (MBPO's rollout batch size).
         model_buffer_size: imagined transitions kept (FIFO); older ones come from older policies and models.
@@ -117,6 +119,7 @@ class DynaConfig:
     lr: float = 1e-3
     sparsity_weight: float = 0.02
     dense_warmup: int = 0
+    reset_every: int = 0
     reward_weight: float = 1.0
     prediction_loss: str = "mse"
     rollout_horizon: int = 1
@@ -144,7 +147,7 @@ def check_dyna_config(cfg: DynaConfig) -> None:
     for name in ("rollout_horizon", "rollout_batch", "model_buffer_size"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
-    for name in ("seed_steps", "updates", "coda_batch"):
+    for name in ("seed_steps", "updates", "coda_batch", "reset_every"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0")
     if cfg.coda_batch == 1:
@@ -508,6 +511,7 @@ class DynaAgent(LearnerViews):
                 self._emit("rollout/episode_return", self.episode_returns[-1])
         due = not self.model_ready or self._since_fit >= cfg.train_every
         if self.num_timesteps >= cfg.seed_steps and due and self.buffer.window_starts().shape[0] > 0:
+            self.learner.reset_if_due(self.num_timesteps, cfg.reset_every)
             self.fit_world_model(cfg.updates if self.model_ready else cfg.first_updates)
             self.imagine()
             self.augment()

@@ -62,6 +62,9 @@ class MPCConfig:
             the seed steps alone: on Pusher2D, gates that closed during the first fit (random play, contacts in about
             1% of the steps) kept ``box <- agent`` shut through the agent's later, contact-rich data
             (docs/design_notes.md, "Pusher2D, session 17").
+        reset_every: re-initialise the world model every ``reset_every`` env steps (counted from its first fit)
+            and refit it from scratch on the whole buffer with ``first_updates`` (and ``dense_warmup`` afresh):
+            :meth:`~cwm_rl.agents.world_model_learner.WorldModelLearner.reset`. 0 (default): never.
         discount: discount of imagined rewards.
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).
@@ -93,6 +96,7 @@ class MPCConfig:
     lr: float = 1e-3
     sparsity_weight: float = 0.02
     dense_warmup: int = 0
+    reset_every: int = 0
     reward_weight: float = 1.0
     prediction_loss: str = "mse"
     discount: float = 0.99
@@ -113,7 +117,7 @@ def check_mpc_config(cfg: MPCConfig) -> None:
     for name in ("n_envs", "train_every", "first_updates", "window", "batch_size", "buffer_size", "threads"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be a positive integer")
-    for name in ("seed_steps", "updates"):
+    for name in ("seed_steps", "updates", "reset_every"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name}={getattr(cfg, name)} must be >= 0")
     if cfg.buffer_size < cfg.window * cfg.n_envs:
@@ -261,6 +265,7 @@ class MPCAgent(LearnerViews):
             self._obs = next_obs
             if self.num_timesteps >= cfg.seed_steps and (not self.model_ready or self._since_fit >= cfg.train_every):
                 if self.buffer.window_starts().shape[0] > 0:
+                    self.learner.reset_if_due(self.num_timesteps, cfg.reset_every)
                     self.fit_world_model(cfg.updates if self.model_ready else cfg.first_updates)
             if callback is not None and callback(self) is False:
                 break

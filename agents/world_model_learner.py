@@ -167,7 +167,8 @@ class WorldModelLearner:
         model: the world model (in eval mode between fits).
         optim: its AdamW optimiser.
         norm: the normaliser, fixed at the first fit from the data seen so far (None before: :attr:`ready`).
-        model_updates: gradient steps taken so far.
+        model_updates: gradient steps taken so far, by every model this learner has had (:meth:`reset`).
+        resets: how often the model was re-initialised (:meth:`reset`).
     """
 
     def __init__(
@@ -185,15 +186,61 @@ class WorldModelLearner:
         self.log = log
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            dims = list(layout.slot_dims)
-            self.model: nn.Module = make_world_model(
-                config.model, dims, layout.action_spec, config.slot, config.mlp_hidden, config.mlp_layers
-            )
             self._torch_rng = torch.get_rng_state()
-        self.optim = torch.optim.AdamW(self.model.parameters(), lr=config.lr)
-        self.norm: Normalizer | None = None
         self._rng = np.random.default_rng(self.seed)
         self.model_updates = 0
+        self.resets = 0
+        self._new_model()
+
+    def _new_model(self) -> None:
+        """A freshly initialised model (drawn from the learner's torch stream), optimiser and no normaliser."""
+        cfg = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            dims = list(self.layout.slot_dims)
+            self.model: nn.Module = make_world_model(
+                cfg.model, dims, self.layout.action_spec, cfg.slot, cfg.mlp_hidden, cfg.mlp_layers
+            )
+            self._torch_rng = torch.get_rng_state()
+        self.optim = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr)
+        self.norm: Normalizer | None = None
+        self.model_age = 0  # gradient steps of this model (``dense_warmup`` counts them)
+        self.born_at: int | None = None  # env step of this model's first fit (:meth:`reset_if_due`)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A snapshot of a version without resets: its one model was never reset.
+        state.setdefault("resets", 0)
+        state.setdefault("model_age", state["model_updates"])
+        state.setdefault("born_at", None)
+        self.__dict__.update(state)
+
+    def reset(self) -> None:
+        """Re-initialise the world model: new weights, a new optimiser, no normaliser; the next :meth:`fit` starts
+        from scratch on the whole buffer (its normaliser from the buffer as it is then), with ``dense_warmup``
+        counted afresh. The batch stream and :attr:`model_updates` go on.
+
+        Why: a model fitted online is shaped by the data it saw first (the *primacy bias* of Nikishin et al. 2022,
+        who reset networks periodically). On Pusher2D the sparse slot model's gates close during the first fit on
+        random play and stay shut when the agent's contact-rich data arrives (docs/design_notes.md, "Pusher2D,
+        session 17"); a model fitted from scratch on that agent's buffer reads the contact edge.
+        """
+        self._new_model()
+        self.resets += 1
+        if self.log is not None:
+            self.log("world_model/reset", float(self.resets))
+
+    def reset_if_due(self, env_steps: int, every: int) -> bool:
+        """Call before each scheduled fit, with the agent's env steps so far: re-initialises the model (:meth:`reset`)
+        when its first fit was ``every`` or more env steps ago, and returns whether it did (``every`` 0: never).
+        Before a model's first fit it records ``env_steps`` as that model's start."""
+        if not self.ready or self.born_at is None:
+            self.born_at = int(env_steps)
+            return False
+        if every <= 0 or env_steps - self.born_at < every:
+            return False
+        self.reset()
+        self.born_at = int(env_steps)
+        return True
 
     @property
     def ready(self) -> bool:
@@ -232,7 +279,7 @@ class WorldModelLearner:
             torch.set_rng_state(self._torch_rng)
             for i in range(updates):
                 batch = buffer.sample(cfg.batch_size, self._rng)
-                dense = self.model_updates + i < cfg.dense_warmup
+                dense = self.model_age + i < cfg.dense_warmup
                 loss, parts = world_model_loss(self.model, batch, self.norm, loss_cfg, slot_dims, dense=dense)
                 self.optim.zero_grad(set_to_none=True)
                 loss.backward()
@@ -243,6 +290,7 @@ class WorldModelLearner:
             self._torch_rng = torch.get_rng_state()
         self.model.eval()
         self.model_updates += updates
+        self.model_age += updates
         means = {k: v / max(updates, 1) for k, v in sums.items()}
         if self.log is not None:
             for k, v in means.items():
@@ -285,12 +333,16 @@ class WorldModelLearner:
         return {k: float(out[k]) for k in SUMMARY_KEYS if k in out}
 
     def state(self) -> dict[str, Any]:
-        """Everything :meth:`load_state` restores: weights, optimiser, normaliser, update count, torch stream."""
+        """Everything :meth:`load_state` restores: weights, optimiser, normaliser, update counts, resets, torch
+        stream."""
         return {
             "model_state": self.model.state_dict(),
             "optim_state": self.optim.state_dict(),
             "normalizer": self.norm.state() if self.norm is not None else None,
             "model_updates": self.model_updates,
+            "model_age": self.model_age,
+            "resets": self.resets,
+            "born_at": self.born_at,
             "torch_rng": self._torch_rng,
         }
 
@@ -300,6 +352,9 @@ class WorldModelLearner:
         self.optim.load_state_dict(state["optim_state"])
         self.norm = Normalizer.from_state(state["normalizer"]) if state["normalizer"] is not None else None
         self.model_updates = int(state["model_updates"])
+        self.model_age = int(state.get("model_age", self.model_updates))  # checkpoints before resets: one model
+        self.resets = int(state.get("resets", 0))
+        self.born_at = state.get("born_at")
         self._torch_rng = state["torch_rng"]
         self.model.eval()
 

@@ -118,6 +118,20 @@ SETUPS: dict[str, dict[str, Any]] = {
                     "mpc.dense_warmup": 3500,
                 },
             ),
+            # The sparse deep variant with its world model re-initialised every 2,000 env steps (at 4,000 and
+            # 6,000) and refitted from scratch on the whole buffer (warm-up included): the offline fit on the
+            # sparse agent's own buffer read `box <- agent` and planned well (session 17), so a model that
+            # forgets its first, random-play fit should too (the primacy bias; Nikishin et al. 2022).
+            "causal-mpc+env-reward+l1+deep-reset+long-fit": (
+                "causal-mpc",
+                {
+                    **ENV_REWARD_L1,
+                    **LONG_FIT,
+                    **DEEP_SLOT,
+                    "mpc.dense_warmup": 2500,
+                    "mpc.reset_every": 2000,
+                },
+            ),
         },
         # (causal, dense) variants trained alike: their OOD gap is reported as the defaults' is
         "ood_pairs": (

@@ -254,3 +254,13 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, sets, m
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not run.exists()
+
+
+def test_dyna_resets_its_world_model_on_schedule():
+    """``reset_every=80``: first fit at 60 steps, a refit at 100, a new model fitted with ``first_updates`` at 140."""
+    agent = DynaAgent(PONG, dyna_config_for("causal-dyna", {**TINY, "reset_every": 80}, env_id=PONG), seed=3)
+    agent.learn(160)
+    assert agent.learner.resets == 1 and agent.learner.born_at == 140
+    assert agent.model_updates == 3 + 1 + 3 and agent.learner.model_age == 3
+    with pytest.raises(ConfigError, match="reset_every=-2 must be >= 0"):
+        DynaAgent(PONG, dyna_config_for("causal-dyna", {**TINY, "reset_every": -2}, env_id=PONG), seed=3)

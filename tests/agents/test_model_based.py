@@ -10,6 +10,7 @@ from cwm_rl.agents.model_based import MPCAgent, mpc_config_for
 from cwm_rl.agents.sequence_buffer import SequenceBuffer
 from cwm_rl.config import ConfigError
 from cwm_rl.errors import InvalidArgumentError
+from cwm_rl.wm_evaluation import Normalizer
 
 TINY = {
     "n_envs": 2,
@@ -329,3 +330,60 @@ def test_dense_warmup_counts_the_learners_updates_across_fits():
     assert (gates(agent) - start).abs().max() > 1e-3
     with pytest.raises(ConfigError, match="dense_warmup=-1 must be an integer >= 0"):
         MPCAgent("cwm/InterventionalPong-v0", mpc_config_for("causal-mpc", {**TINY, "dense_warmup": -1}), seed=0)
+
+
+def test_reset_every_refits_a_fresh_model_from_the_whole_buffer(monkeypatch):
+    """``reset_every=128``: the model first fitted at 64 steps is refitted at 128 and re-initialised at 192 (128 env
+    steps after its first fit), then fitted with ``first_updates`` from a normaliser of the whole buffer, with its
+    dense warm-up counted afresh; the update count of the run goes on."""
+    import cwm_rl.agents.world_model_learner as wml
+
+    dense_flags, loss = [], wml.world_model_loss
+
+    def recording_loss(*args, dense=False, **kwargs):
+        dense_flags.append(dense)
+        return loss(*args, dense=dense, **kwargs)
+
+    monkeypatch.setattr(wml, "world_model_loss", recording_loss)
+    cfg = mpc_config_for("causal-mpc", {**TINY, "reset_every": 128, "dense_warmup": 5})
+    agent = MPCAgent("cwm/Pusher2D-v0", cfg, seed=0)
+    agent.learn(128)  # the first fit at 64 steps (4 updates), a refit at 128 (2)
+    first_norm, first_model = agent.norm, agent.model
+    assert agent.learner.resets == 0 and agent.model_updates == 6
+    agent.learn(64)  # at 192: a new model, fitted with first_updates
+    assert agent.learner.resets == 1 and agent.model is not first_model
+    assert agent.model_updates == 6 + 4 and agent.learner.model_age == 4 and agent.learner.born_at == 192
+    assert dense_flags == [True] * 4 + [True, False] + [True] * 4
+    data = agent.buffer.arrays()
+    whole = Normalizer.from_arrays(data["obs"], data["next_obs"], agent.action_start)
+    torch.testing.assert_close(agent.norm.obs_mean, whole.obs_mean)
+    assert not torch.allclose(agent.norm.obs_mean, first_norm.obs_mean)
+
+
+def test_a_reset_model_is_new_weights_drawn_from_the_learners_own_stream():
+    """Each reset draws different initial weights, the same ones for the same seed, and leaves torch's global stream
+    alone; a bad ``reset_every`` is one line."""
+    agents = [MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=0) for _ in range(2)]
+    first = [p.detach().clone() for p in agents[0].model.parameters()]
+    before = torch.get_rng_state()
+    for agent in agents:
+        agent.learner.reset()
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not agents[0].model_ready and agents[0].learner.model_age == 0
+    second = list(agents[0].model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    for a, b in zip(second, agents[1].model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="reset_every=-1 must be >= 0"):
+        MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", {**TINY, "reset_every": -1}), seed=0)
+
+
+def test_a_learner_pickled_before_resets_existed_loads_as_one_unreset_model():
+    """Snapshots of runs from before ``reset_every`` (``resume.pt`` pickles the learner whole) lack the new fields."""
+    agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=0)
+    agent.learn(64)
+    old = {k: v for k, v in agent.learner.__dict__.items() if k not in ("resets", "model_age", "born_at")}
+    learner = type(agent.learner).__new__(type(agent.learner))
+    learner.__setstate__(old)
+    assert (learner.resets, learner.model_age, learner.born_at) == (0, 4, None)
+    assert learner.reset_if_due(64, 128) is False and learner.born_at == 64
