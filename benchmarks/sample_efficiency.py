@@ -132,12 +132,17 @@ SETUPS: dict[str, dict[str, Any]] = {
                     "mpc.reset_every": 2000,
                 },
             ),
+            "mlp-mpc+env-reward+l1+reset+long-fit": (
+                "mlp-mpc",
+                {**ENV_REWARD_L1, **LONG_FIT, "mpc.reset_every": 2000},
+            ),
         },
         # (causal, dense) variants trained alike: their OOD gap is reported as the defaults' is
         "ood_pairs": (
             ("causal-mpc+env-reward+l1", "mlp-mpc+env-reward+l1"),
             ("causal-mpc+env-reward+l1+deep+long-fit", "mlp-mpc+env-reward+l1+long-fit"),
             ("causal-mpc+env-reward+l1+deep-late+long-fit", "mlp-mpc+env-reward+l1+long-fit"),
+            ("causal-mpc+env-reward+l1+deep-reset+long-fit", "mlp-mpc+env-reward+l1+reset+long-fit"),
         ),
     },
 }
