@@ -90,8 +90,8 @@ class DynaConfig:
             units; ``prediction_loss`` is ``mse`` or ``l1``); ``dense_warmup``: the first world-model updates run
             with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key); ``batch_size``
             is the world model's (windows per step), SB3's own is ``sb3_kwargs.batch_size``.
-        reset_every: re-initialise the world model every ``reset_every`` env steps (counted from its first fit)
-            and refit it from scratch with ``first_updates``, as the MPC agent's key. 0 (default): never.
+        reset_every: re-initialise the world model at the first scheduled fit ``reset_every`` or more env steps after
+            its first fit and refit it from scratch with ``first_updates``, as the MPC agent's key. 0 (default): never.
         rollout_horizon: MBPO's k, imagined steps per rollout (a rollout also stops at a predicted termination).
         rollout_batch: imagined rollouts (real start states) per refit (MBPO's rollout batch size).
         model_buffer_size: imagined transitions kept (FIFO); older ones come from older policies and models.

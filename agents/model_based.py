@@ -62,9 +62,11 @@ class MPCConfig:
             the seed steps alone: on Pusher2D, gates that closed during the first fit (random play, contacts in about
             1% of the steps) kept ``box <- agent`` shut through the agent's later, contact-rich data
             (docs/design_notes.md, "Pusher2D, session 17").
-        reset_every: re-initialise the world model every ``reset_every`` env steps (counted from its first fit)
-            and refit it from scratch on the whole buffer with ``first_updates`` (and ``dense_warmup`` afresh):
-            :meth:`~cwm_rl.agents.world_model_learner.WorldModelLearner.reset`. 0 (default): never.
+        reset_every: at the first scheduled fit ``reset_every`` or more env steps after a model's first fit,
+            re-initialise the world model and refit it from scratch on the whole buffer with ``first_updates`` (and
+            ``dense_warmup`` afresh): :meth:`~cwm_rl.agents.world_model_learner.WorldModelLearner.reset`. 0
+            (default): never. Fits fall where the vector env's step count crosses ``train_every`` (it moves by up
+            to ``n_envs`` a step), so a reset due at the last step of a run may fall just after it.
         discount: discount of imagined rewards.
         threads: torch CPU threads (1 is fastest for the small batched steps of planning on 2 cores).
         planner: the MPC planner (``auto``: categorical CEM for discrete actions, CEM for continuous).

@@ -24,6 +24,9 @@ Usage::
     python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
         --agent-runs $D/causal-mpc+env-reward+l1+deep-late+long-fit-{0,1,2} \
         --out docs/pusher_model_diagnosis_agents_late.json  # (ran as one process per run, the rows joined)
+    python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
+        --agent-runs $D/causal-mpc+env-reward+l1+deep-reset+long-fit-{0,1,2} \
+        --out docs/pusher_model_diagnosis_agents_reset.json  # (one process per run, the rows joined; ~25 min)
     cwm-rl train --env cwm/Pusher2D-v0 --agent causal-mpc --steps 3000 --seed 0 --run-dir deep-open-0-at3000 \
         --set eval_every=1000 --set wm_probe_transitions=0 --set save_data=true --set KEY=VALUE...  # the overrides
         # of sample_efficiency.py's causal-mpc+env-reward+l1+deep-open+long-fit; then (~60 min on a busy machine):

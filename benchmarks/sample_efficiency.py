@@ -118,10 +118,11 @@ SETUPS: dict[str, dict[str, Any]] = {
                     "mpc.dense_warmup": 3500,
                 },
             ),
-            # The sparse deep variant with its world model re-initialised every 2,000 env steps (at 4,000 and
-            # 6,000) and refitted from scratch on the whole buffer (warm-up included): the offline fit on the
-            # sparse agent's own buffer read `box <- agent` and planned well (session 17), so a model that
-            # forgets its first, random-play fit should too (the primacy bias; Nikishin et al. 2022).
+            # The sparse deep variant with its world model re-initialised every 2,000 env steps (at the fits near
+            # 4,000 and 6,000; one due past the run's last step is not made) and refitted from scratch on the whole
+            # buffer (warm-up included): the offline fit on the sparse agent's own buffer read `box <- agent` and
+            # planned well (session 17), so a model that forgets its first, random-play fit should too (the primacy
+            # bias; Nikishin et al. 2022). The MLP below gets the same resets (its OOD pair).
             "causal-mpc+env-reward+l1+deep-reset+long-fit": (
                 "causal-mpc",
                 {
