@@ -169,6 +169,8 @@ class WorldModelLearner:
         norm: the normaliser, fixed at the first fit from the data seen so far (None before: :attr:`ready`).
         model_updates: gradient steps taken so far, by every model this learner has had (:meth:`reset`).
         resets: how often the model was re-initialised (:meth:`reset`).
+        model_age: gradient steps of the current model (``dense_warmup`` counts these).
+        born_at: the agent's env step at the current model's first fit (None before it; :meth:`reset_if_due`).
     """
 
     def __init__(
