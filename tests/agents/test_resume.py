@@ -30,7 +30,9 @@ SB3_TINY = {
 
 
 def _config(agent: str, env_id: str = "cwm/Chemistry-v0", probe: int = 0, **over) -> TrainConfig:
-    tiny = {**TINY_MPC, "seed_steps": 24, "train_every": 24}
+    # reset_every=48: the model-based runs re-initialise their world model at 72 steps, between the snapshot at 64
+    # and the crash at 96, so a resumed run must also resume the reset schedule.
+    tiny = {**TINY_MPC, "seed_steps": 24, "train_every": 24, "reset_every": 48}
     cfg = TrainConfig(
         env_id=env_id,
         agent=agent,
@@ -43,7 +45,7 @@ def _config(agent: str, env_id: str = "cwm/Chemistry-v0", probe: int = 0, **over
     )
     if agent == "causal-dyna":
         cfg.dyna.seed_steps, cfg.dyna.train_every, cfg.dyna.first_updates, cfg.dyna.updates = 24, 24, 3, 1
-        cfg.dyna.rollout_batch, cfg.dyna.window, cfg.dyna.batch_size = 8, 4, 4
+        cfg.dyna.rollout_batch, cfg.dyna.window, cfg.dyna.batch_size, cfg.dyna.reset_every = 8, 4, 4, 48
         cfg.dyna.sb3_kwargs = {"learning_starts": 20, "batch_size": 8}
     for key, value in over.items():
         setattr(cfg, key, value)
