@@ -26,7 +26,7 @@ from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
-from .training import TrainConfig, checkpoint_name, run_config_dict
+from .training import TrainConfig, checkpoint_name, resolve_config, run_config_dict
 
 
 def _run_config(run_dir: str | os.PathLike[str]) -> tuple[Path, TrainConfig]:
@@ -118,7 +118,9 @@ def _curves(run_dirs: list[str]) -> dict[Group, list[dict[str, Any]]]:
 
 def _labels(groups: list[Group]) -> dict[Group, str]:
     """Each group's name: its agent id, plus its budget and the settings that tell it apart from the other groups
-    of the same env and agent (``mlp-mpc (mpc.reward=env)``)."""
+    of the same env and agent and are not the env's defaults for that agent (``mlp-mpc (mpc.reward=env)``; a key
+    one group changes is not repeated, at its default value, in every other group's name). Two groups never get one
+    name: where they differ, at least one of them is off the defaults."""
     labels = {}
     for group in groups:
         env_id, agent, budget, settings = group
@@ -127,7 +129,8 @@ def _labels(groups: list[Group]) -> dict[Group, str]:
         if len({g[2] for g in twins}) > 1:
             label += f" @ {budget:,} steps"
         shared = set.intersection(*(set(g[3]) for g in twins))
-        differing = [f"{k}={json.loads(v)}" for k, v in settings if (k, v) not in shared]
+        defaults = set(_settings(resolve_config({"env_id": env_id, "agent": agent})))
+        differing = [f"{k}={json.loads(v)}" for k, v in settings if (k, v) not in shared and (k, v) not in defaults]
         if differing:
             label += f" ({', '.join(differing)})"
         labels[group] = label

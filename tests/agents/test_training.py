@@ -259,14 +259,17 @@ def test_compare_keeps_runs_of_one_agent_with_different_settings_apart(tmp_path)
     from cwm_rl.agents.compare import compare_runs
 
     runs = []
-    for name, seed, episodes in (("a0", 0, 1), ("a1", 1, 1), ("b0", 0, 2)):
+    for name, seed, episodes in (("a0", 0, 1), ("a1", 1, 1), ("b0", 0, 2), ("c0", 0, 5)):  # 5: the default
         cfg = TrainConfig(
             env_id="cwm/Chemistry-v0", agent="random", steps=20, eval_every=10, eval_episodes=episodes, seed=seed
         )
         train(cfg, tmp_path / name, progress=False)
         runs.append(str(tmp_path / name))
-    rows = [line for line in compare_runs(runs, tmp_path / "cmp").splitlines() if line.startswith("| cwm/")]
+    rows = [line for line in compare_runs(runs[:3], tmp_path / "cmp").splitlines() if line.startswith("| cwm/")]
     assert len(rows) == 2
     assert "| random (eval_episodes=1) | 2 |" in rows[0] and "| random (eval_episodes=2) | 1 |" in rows[1]
+    # A group at the defaults is named by its agent id alone, not by the other groups' key at its default value.
+    names = [line.split(" | ")[1] for line in compare_runs(runs, tmp_path / "cmp3").splitlines() if "| cwm/" in line]
+    assert names == ["random (eval_episodes=1)", "random (eval_episodes=2)", "random"]
     single = compare_runs(runs[:2], tmp_path / "cmp1").splitlines()
     assert any("| random | 2 |" in line for line in single)  # nothing to tell apart: the plain agent id
