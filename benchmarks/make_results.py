@@ -288,6 +288,12 @@ def _reused_rows(summary: dict) -> list[str]:
     return [f"The runs were reused from earlier invocations, trained {text}.", ""]
 
 
+def _variant_settings(overrides: dict, base: dict) -> str:
+    """A variant's settings beyond the defaults it was trained on (``base``), as ``with `k=v`, ...``."""
+    own = {k: v for k, v in overrides.items() if base.get(k, object()) != v}
+    return (" with " + ", ".join(f"`{k}={v}`" for k, v in own.items())) if own else " as they were"
+
+
 def _sample_efficiency_section(bench: dict) -> list[str]:
     m = bench["machine"]
     lines = [
@@ -319,10 +325,17 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
             lines += _reused_rows(summary)
         variants = {name: a for name, a in summary["agents"].items() if a.get("overrides")}
         if variants:
+            what, base = summary.get("variant_base") or ("", {})
             lines += [
-                "Rows named `AGENT+...` are variants, not the shipped defaults, and do not count for the claim: "
+                "Rows named `AGENT+...` are variants, not the shipped defaults, and do not count for the claim"
+                + (
+                    f"; they were trained on {what} (" + ", ".join(f"`{k}={v}`" for k, v in base.items()) + "), with"
+                    if base
+                    else ""
+                )
+                + ": "
                 + "; ".join(
-                    f"`{name}` is `{a['agent']}` with " + ", ".join(f"`{k}={v}`" for k, v in a["overrides"].items())
+                    f"`{name}` is `{a['agent']}`{_variant_settings(a['overrides'], base)}"
                     for name, a in variants.items()
                 )
                 + ".",

@@ -47,7 +47,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -61,6 +60,18 @@ from _common import machine_info, report, write_json  # noqa: E402
 ENV_REWARD_L1 = {"mpc.reward": "env", "mpc.prediction_loss": "l1"}
 LONG_FIT = {"mpc.first_updates": 3000, "mpc.updates": 500}  # 4,500 updates in 6k steps (the default: 1,050)
 DEEP_SLOT = {"mpc.slot.d_model": 64, "mpc.slot.mlp_layers": 3}  # session 14's offline fix (a three-layer node net)
+# Pusher2D's MPC defaults before session 19 (agents/configs/mpc.yaml then), for the keys its entry has set since:
+# the variants below were trained on them, so each one names them and stays the run it was.
+PUSHER_MPC_BEFORE_S19 = {
+    "mpc.reward": "model",
+    "mpc.prediction_loss": "mse",
+    "mpc.first_updates": 600,
+    "mpc.updates": 150,
+    "mpc.slot.d_model": 32,
+    "mpc.slot.mlp_layers": 1,
+    "mpc.dense_warmup": 0,
+    "mpc.reset_every": 0,
+}
 # (env key) -> env id, the baseline and its budget, the model-based agents and their budget, evaluation episodes
 SETUPS: dict[str, dict[str, Any]] = {
     "pong": {
@@ -76,10 +87,14 @@ SETUPS: dict[str, dict[str, Any]] = {
         "model_based": (("causal-mpc", "mlp-mpc"), 6_000),
         "dyna": 6_000,
         "episodes": 5,
-        # Not the shipped defaults, so reported apart from the claim: the planner scores imagined states with the
-        # env's reward function (PETS-style, knowledge SAC learns from samples) and the model is fitted with an
-        # absolute error (docs/design_notes.md, "Pusher2D, session 12").
+        # Sessions 12-18's steps towards the shipped defaults (since session 19 the last of them,
+        # `causal-mpc+env-reward+l1+deep-reset+long-fit`), each on the defaults of its time (`variant_base`): the
+        # planner scores imagined states with the env's reward function (PETS-style, knowledge SAC learns from
+        # samples) and the model is fitted with an absolute error (docs/design_notes.md, "Pusher2D, session 12").
+        "variant_base": ("the MPC defaults before session 19", PUSHER_MPC_BEFORE_S19),
         "variants": {
+            # the shipped defaults of sessions 11-18: the model's reward head scores the plans
+            **{f"{agent}+defaults-before-s19": (agent, {}) for agent in ("causal-mpc", "mlp-mpc")},
             **{f"{agent}+env-reward+l1": (agent, ENV_REWARD_L1) for agent in ("causal-mpc", "mlp-mpc")},
             # Session 14's offline fix for the slot model (a three-layer node network at d_model 64, a dense
             # warm-up) with the offline diagnosis's update budget; the MLP gets the same budget, so a gap between
@@ -176,6 +191,21 @@ def ood_id(env_id: str) -> str:
     return env_id.replace("-v0", "-OOD-v0")
 
 
+def flat_keys(node: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of a nested config's leaves."""
+    keys = []
+    for k, v in node.items():
+        keys += flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return keys
+
+
+def flat_get(node: Any, key: str) -> Any:
+    """A nested config's value at a dotted key (None where there is none)."""
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def run_one(task: dict[str, Any]) -> dict[str, Any]:
     """Train one (env, agent, seed), then score it on the OOD twin; runs in a worker process."""
     import torch
@@ -183,6 +213,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     from cwm_rl.agents.compare import evaluate_run
     from cwm_rl.agents.training import resolve_config, train
+    from cwm_rl.config import to_dict
 
     run = Path(task["run_dir"])
     label = task.get("label", task["agent"])
@@ -201,14 +232,15 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
         kept = yaml.safe_load((run / "config.yaml").read_text())
 
-        def dotted(key: str) -> Any:
-            node = kept
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            return node
-
-        if any(dotted(k) != v for k, v in overrides.items() if k != "wm_probe_transitions"):
-            raise SystemExit(f"{run} holds a different run; give another --runs-dir or remove it")
+        # the whole resolved config, not only the keys set here: a run of earlier shipped defaults is another run
+        wanted = to_dict(resolve_config(overrides))
+        differ = [
+            k for k in flat_keys(wanted) if k != "wm_probe_transitions" and flat_get(kept, k) != flat_get(wanted, k)
+        ]
+        if differ:
+            raise SystemExit(
+                f"{run} holds a different run ({', '.join(differ[:4])} differ); give another --runs-dir or remove it"
+            )
         metrics = json.loads((run / "metrics.json").read_text())
         commit = (run / COMMIT_FILE).read_text().strip() if (run / COMMIT_FILE).is_file() else None
     else:
@@ -293,6 +325,8 @@ def summarise(env_key: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
         "baseline_budget": budget,
         "target": target,
         "agents": agents,
+        # (what, dotted overrides): the defaults the variants were trained on, where those have changed since
+        "variant_base": list(setup["variant_base"]) if "variant_base" in setup else None,
         "target_above_random": bool(above_random),
         "claim_agent": max(speedups, key=speedups.get) if speedups else None,
         # reaching a target random play also reaches says nothing: the claim needs a baseline that learned
@@ -320,6 +354,51 @@ def ood_gap(agents: dict[str, Any], causal: str = "causal-mpc", dense: str = "ml
     return {"ood_gap": a["ood_mean"] - b["ood_mean"], "ood_gap_se": float(np.sqrt(var))}
 
 
+def plot_curves(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path) -> None:
+    """Every row's mean-over-seeds curve against env steps (log scale: the baseline's budget is 5-17x the model-based
+    agents'), the shipped defaults solid with their seeds' range shaded, variants dashed, the target dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cwm_rl.plots import save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = matplotlib.colormaps["tab20"].colors
+    for i, (label, a) in enumerate(summary["agents"].items()):
+        steps, mean = zip(*a["mean_curve"], strict=True)
+        shipped = not a["overrides"]
+        style = {"color": colours[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20], "linewidth": 2.0 if shipped else 1.2}
+        ax.plot(steps, mean, linestyle="-" if shipped else "--", label=f"{label} ({len(a['seeds'])} seeds)", **style)
+        if shipped:
+            values = np.array([[c[1] for c in r["curve"][: len(steps)]] for r in runs if r["label"] == label])
+            ax.fill_between(steps, values.min(0), values.max(0), color=style["color"], alpha=0.12, linewidth=0)
+    ax.axhline(summary["target"], color="grey", linestyle=":", linewidth=1.2, label=f"target {summary['target']:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("evaluation return")
+    ax.set_title(f"{summary['env_id']}: solid = shipped defaults (shaded: range over seeds), dashed = variants")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="x-small", frameon=False)
+    save_figure(fig, path)
+
+
+def rows_of(setup: dict[str, Any], variants: bool = True) -> list[tuple[str, str, dict[str, Any], int, int, str]]:
+    """An env's rows: (label, agent id, dotted overrides, env steps, evaluations, budget role)."""
+    mb_steps = setup["model_based"][1]
+    baseline = setup["baseline"][0]
+    rows = [(baseline, baseline, {}, setup["baseline"][1], BASELINE_EVALS, "baseline")]
+    rows += [(agent, agent, {}, mb_steps, MODEL_BASED_EVALS, "model_based") for agent in setup["model_based"][0]]
+    rows.append(("causal-dyna", "causal-dyna", {}, setup["dyna"], BASELINE_EVALS, "dyna"))  # SB3 acting: cheap
+    rows.append(("random", "random", {}, mb_steps, MODEL_BASED_EVALS, "model_based"))  # the floor
+    if variants:
+        base = setup.get("variant_base", ("", {}))[1]  # the defaults a variant was trained on, where they changed
+        for label, (agent, overrides) in setup.get("variants", {}).items():
+            rows.append((label, agent, {**base, **overrides}, mb_steps, MODEL_BASED_EVALS, "model_based"))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", choices=sorted(SETUPS), default=sorted(SETUPS))
@@ -330,25 +409,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-variants", dest="variants", action="store_false", help="only the shipped defaults (no SETUPS variants)"
     )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ROW",
+        help="run only these rows (agent ids or variant names); the env's other rows are kept from --out's file",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
+    kept = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
+    if args.only:
+        known = {label for key in args.envs for label, *_ in rows_of(SETUPS[key], args.variants)}
+        unknown = sorted(set(args.only) - known)
+        if unknown:
+            parser.error(f"--only: no row named {', '.join(unknown)} in {', '.join(args.envs)}; rows: {sorted(known)}")
+        if args.quick or not kept:
+            parser.error("--only keeps the other rows from --out's file: give --out an existing results file")
     seeds = QUICK["seeds"] if args.quick else args.seeds
     root = Path(args.runs_dir) / ("quick" if args.quick else "full")
     commit = git_commit()  # before this run writes anything (its own outputs would read as a dirty tree)
     tasks = []
     for env_key in args.envs:
         setup = SETUPS[env_key]
-        mb_steps = setup["model_based"][1]
-        baseline = setup["baseline"][0]
-        runs = [(baseline, baseline, {}, setup["baseline"][1], BASELINE_EVALS, "baseline")]
-        runs += [(agent, agent, {}, mb_steps, MODEL_BASED_EVALS, "model_based") for agent in setup["model_based"][0]]
-        runs.append(("causal-dyna", "causal-dyna", {}, setup["dyna"], BASELINE_EVALS, "dyna"))  # SB3 acting: cheap
-        runs.append(("random", "random", {}, mb_steps, MODEL_BASED_EVALS, "model_based"))  # the floor
-        if args.variants:
-            for label, (agent, overrides) in setup.get("variants", {}).items():
-                runs.append((label, agent, overrides, mb_steps, MODEL_BASED_EVALS, "model_based"))
-        for label, agent, overrides, steps, evals, role in runs:
+        for label, agent, overrides, steps, evals, role in rows_of(setup, args.variants):
+            if args.only and label not in args.only:
+                continue
             for seed in seeds:
                 tasks.append(
                     {
@@ -381,20 +467,29 @@ def main(argv: list[str] | None = None) -> int:
                 )
     from cwm_rl.agents.compare import compare_runs
 
-    order = {t["run_dir"]: i for i, t in enumerate(tasks)}
-    results.sort(key=lambda r: order[r["run_dir"]])  # the tables' row order, however the runs finished
-    summaries = {}
+    summaries, all_runs = {}, []
     for env_key in args.envs:
-        env_runs = sorted((r for r in results if r["env_id"] == SETUPS[env_key]["env_id"]), key=lambda r: r["seed"])
-        summaries[env_key] = summary = summarise(env_key, env_runs)
-        baseline_dirs = [r["run_dir"] for r in env_runs if r["label"] == summary["baseline"]]
-        compare_runs(
-            baseline_dirs + [r["run_dir"] for r in env_runs if r["label"] != summary["baseline"]],
-            root / env_key,
-            threshold=summary["target"],
+        setup = SETUPS[env_key]
+        fresh = [r for r in results if r["env_id"] == setup["env_id"]]
+        # --only: the env's other rows as --out's file holds them (each run's record keeps its curve and commit)
+        carried = [
+            r
+            for r in kept.get("runs", [])
+            if args.only and r["env_id"] == setup["env_id"] and r["label"] not in args.only
+        ]
+        order = {label: i for i, (label, *_) in enumerate(rows_of(setup, args.variants))}
+        stale = sorted({r["label"] for r in carried if r["label"] not in order})
+        if stale:
+            print(f"{setup['env_id']}: dropped rows no longer in SETUPS: {', '.join(stale)}", file=sys.stderr)
+        env_runs = sorted(
+            (r for r in fresh + carried if r["label"] in order), key=lambda r: (order[r["label"]], r["seed"])
         )
-        if args.out and not args.quick:  # the learning curves beside the JSON, for docs/results.md
-            shutil.copyfile(root / env_key / "curves.png", Path(args.out).parent / f"sample_efficiency_{env_key}.png")
+        all_runs += env_runs
+        summaries[env_key] = summary = summarise(env_key, env_runs)
+        if fresh:  # curves.png and comparison.md of this invocation's runs, beside them
+            compare_runs([r["run_dir"] for r in fresh], root / env_key, threshold=summary["target"])
+        if args.out and not args.quick:  # the learning curves of every row, beside the JSON, for docs/results.md
+            plot_curves(summary, env_runs, Path(args.out).parent / f"sample_efficiency_{env_key}.png")
         if not args.json:
             print(f"\n{summary['env_id']}: target {summary['target']:.2f} ({summary['baseline']} final, mean)")
             for agent, a in summary["agents"].items():
@@ -418,10 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - start,
         "claim_speedup": SPEEDUP_CLAIM,
         "summaries": summaries,
-        "runs": sorted(results, key=lambda r: (r["env_id"], r["label"], r["seed"])),
+        "runs": sorted(all_runs, key=lambda r: (r["env_id"], r["label"], r["seed"])),
     }
-    if args.out and not args.quick and Path(args.out).is_file():  # keep the envs this invocation did not rerun
-        kept = json.loads(Path(args.out).read_text())
+    if args.out and not args.quick and kept:  # keep the envs this invocation did not rerun
         redone = {SETUPS[k]["env_id"] for k in args.envs}
         for key, summary in kept.get("summaries", {}).items():
             if key not in summaries:

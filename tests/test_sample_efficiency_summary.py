@@ -92,3 +92,54 @@ def test_variants_trained_alike_get_their_own_ood_gap_and_rows_keep_their_commit
     assert "ood_gap" not in out  # the shipped defaults' gap needs the default rows
     assert out["agents"]["sac"]["commits"] == ["aaaaaaa"] and out["agents"][causal_label]["commits"] == ["bbbbbbb"]
     assert out["agents"][dense_label]["commits"] == []  # unknown: runs kept from before commits were recorded
+
+
+def test_a_variant_names_the_defaults_it_was_trained_on_under_its_own_settings(se):
+    setup = {
+        "baseline": ("sac", 100),
+        "model_based": (("causal-mpc",), 20),
+        "dyna": 20,
+        "variant_base": ("old defaults", {"mpc.reward": "model", "mpc.updates": 150}),
+        "variants": {"causal-mpc+env": ("causal-mpc", {"mpc.reward": "env"})},
+    }
+    rows = {label: (agent, overrides, steps) for label, agent, overrides, steps, *_ in se.rows_of(setup)}
+    assert rows["causal-mpc"] == ("causal-mpc", {}, 20)  # the shipped defaults: no overrides, no base
+    assert rows["causal-mpc+env"] == ("causal-mpc", {"mpc.reward": "env", "mpc.updates": 150}, 20)
+    assert rows["sac"][2] == 100 and "causal-mpc+env" not in {label for label, *_ in se.rows_of(setup, False)}
+
+
+def test_only_names_rows_that_exist_and_keeps_the_rest_from_an_existing_file(se, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        se.main(["--envs", "pusher", "--only", "no-such-row", "--out", str(tmp_path / "se.json")])
+    assert exc.value.code == 2 and "no row named no-such-row" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # nothing to keep the other rows from
+        se.main(["--envs", "pusher", "--only", "random", "--out", str(tmp_path / "missing.json")])
+    assert exc.value.code == 2 and "existing results file" in capsys.readouterr().err
+
+
+def test_a_kept_run_is_reused_only_when_its_whole_resolved_config_matches(se, tmp_path):
+    import json
+
+    import yaml
+
+    from cwm_rl.agents.training import resolve_config
+    from cwm_rl.config import to_dict
+
+    task = {"env_id": "cwm/Pusher2D-v0", "agent": "random", "steps": 60, "seed": 0, "evals": 2, "episodes": 1}
+    run = tmp_path / "random-0"
+    run.mkdir()
+    keys = {"env_id": "cwm/Pusher2D-v0", "agent": "random", "steps": 60, "seed": 0, "eval_every": 30}
+    config = to_dict(resolve_config({**keys, "eval_episodes": 1, "wm_probe_transitions": 0}))
+    (run / "metrics.json").write_text(
+        json.dumps(
+            {"final_eval_return": -1.0, "best_eval_return": -0.5, "curve": [{"env_steps": 60, "mean_return": -1.0}]}
+        )
+    )
+    (run / "timing.json").write_text(json.dumps({"wall_time_s": 2.0}))
+    (run / "ood_eval.json").write_text(json.dumps({"mean_return": -3.0, "returns": [-3.0]}))
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "mpc": {**config["mpc"], "reward": "env"}}))
+    with pytest.raises(SystemExit, match=r"mpc\.reward"):  # a key the task does not set, from other defaults
+        se.run_one({**task, "run_dir": str(run)})
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    out = se.run_one({**task, "run_dir": str(run)})
+    assert (out["final_eval_return"], out["ood_mean_return"], out["wall_s"]) == (-1.0, -3.0, 2.0)
