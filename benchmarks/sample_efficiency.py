@@ -419,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
     kept = json.loads(Path(args.out).read_text()) if args.out and Path(args.out).is_file() else {}
+    for r in kept.get("runs", []):
+        r.setdefault("label", r["agent"])  # runs recorded before variants existed: the agent id is the row
     if args.only:
         known = {label for key in args.envs for label, *_ in rows_of(SETUPS[key], args.variants)}
         unknown = sorted(set(args.only) - known)
