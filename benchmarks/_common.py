@@ -11,12 +11,24 @@ from typing import Any
 import numpy as np
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux), since torch's float results, and so a seeded run, can differ between CPUs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     import gymnasium
 
     return {
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
         "machine": platform.machine(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),

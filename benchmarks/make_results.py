@@ -61,10 +61,8 @@ def _load(name: str) -> dict | None:
 
 
 def _machine(m: dict) -> str:
-    return (
-        f"{m['cpu_count']} CPU cores ({m['processor']}), Python {m['python']}, numpy {m['numpy']}, "
-        f"Gymnasium {m['gymnasium']}"
-    )
+    cpu = ", ".join(filter(None, (m.get("cpu_model"), m["processor"])))  # the model: recorded since session 19
+    return f"{m['cpu_count']} CPU cores ({cpu}), Python {m['python']}, numpy {m['numpy']}, Gymnasium {m['gymnasium']}"
 
 
 def _mean_std(values: list[float], digits: int = 3) -> str:
