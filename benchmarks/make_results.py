@@ -42,6 +42,8 @@ Usage::
         on $A) --out docs/pusher_model_diagnosis_agentdata_sparse.json  # the same three models on its own buffer
     python benchmarks/coda_dyna.py --out docs/coda_dyna.json                   # ~30 min
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
+    D=runs/sample_efficiency/full/pusher; python benchmarks/ood_factors.py $D/causal-mpc-? $D/mlp-mpc-? \
+        --out docs/ood_factors.json                                                # after sample_efficiency.py
     python benchmarks/make_results.py            # writes docs/results.md
 """
 
@@ -284,6 +286,36 @@ def _reused_rows(summary: dict) -> list[str]:
         return []
     text = "; ".join(f"at `{c}`: " + ", ".join(f"`{n}`" for n in names) for c, names in by_commit.items())
     return [f"The runs were reused from earlier invocations, trained {text}.", ""]
+
+
+def _ood_factors_section(bench: dict) -> list[str]:
+    m = bench["machine"]
+    lines = [
+        "## OOD twins, one change at a time",
+        "",
+        "`benchmarks/ood_factors.py`: the sample-efficiency runs' saved agents, scored with the fixed protocol "
+        f"({bench['episodes']} deterministic episodes, the training script's evaluation seeds) on the base env, on "
+        "the base env with each argument the `-OOD-v0` twin changes set alone, and on the twin; mean ± std over "
+        "seeds, in brackets the change against the base env (mean over seeds of each seed's change). A causal model "
+        "should lose nothing where the change is to a part that touches nothing the task needs, and may lose like "
+        f"a dense one where a mechanism it uses changes. On {_machine(m)}, torch {m['torch']}.",
+        "",
+    ]
+    for env_id, settings in bench["factors"].items():
+        rows = [r for r in bench["rows"] if r["env_id"] == env_id]
+        lines += [
+            f"**`{env_id}`**",
+            "",
+            "| agent | seeds | " + " | ".join(f"`{s}`" if "=" in s else s for s in settings) + " |",
+            "|---|---:|" + "---:|" * len(settings),
+        ]
+        for r in rows:
+            cells = [f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f}" for s in settings[:1]] + [
+                f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f} ({r[s]['change_mean']:+.2f})" for s in settings[1:]
+            ]
+            lines.append(f"| {r['group']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def _variant_settings(overrides: dict, base: dict) -> str:
@@ -736,6 +768,9 @@ def main() -> int:
     sample_efficiency = _load("sample_efficiency.json")
     if sample_efficiency and not sample_efficiency["quick"]:
         lines += _sample_efficiency_section(sample_efficiency)
+    factors = _load("ood_factors.json")
+    if factors:
+        lines += _ood_factors_section(factors)
     memory = _load("memory_bound.json")
     if memory:
         lines += _memory_section(memory)
