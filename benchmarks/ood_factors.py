@@ -13,8 +13,11 @@ apart; this benchmark does.
 
 For each saved agent (a ``cwm-rl train`` run directory) it scores the agent with the fixed evaluation protocol (the
 training script's episodes and seeds) on the base env, on the base env with each changed argument alone, and on the
-twin. Runs named ``NAME-SEED`` (as the sample-efficiency benchmark names them) are grouped by ``NAME`` and
-averaged over seeds. Runs are independent processes, ``--jobs`` at a time, one torch thread each.
+twin. The base env's and the twin's scores are read from the run where its own evaluations took them with the same
+protocol (the final evaluation; the sample-efficiency benchmark's ``ood_eval.json``): replaying them gives the same
+numbers (an evaluation is deterministic) at the cost of planning every step; ``--replay-all`` replays them anyway.
+Runs named ``NAME-SEED`` (as the sample-efficiency benchmark names them) are grouped by ``NAME`` and averaged over
+seeds. Runs are independent processes, ``--jobs`` at a time, one torch thread each.
 """
 
 from __future__ import annotations
@@ -57,6 +60,28 @@ def group_name(run_dir: str) -> str:
     return re.sub(r"-\d+$", "", name)
 
 
+def scored_already(run: Path, episodes: int) -> dict[str, float]:
+    """Settings the run's own evaluations already scored with this protocol, so they need not be replayed (an
+    evaluation plans every step): ``base``, the training script's final evaluation when it took ``episodes``
+    episodes at the run's last step; ``OOD twin``, the sample-efficiency benchmark's ``ood_eval.json``."""
+    import json
+
+    import yaml
+
+    known = {}
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if metrics.get("curve") and config.get("eval_episodes") == episodes:
+        last = metrics["curve"][-1]
+        if last["env_steps"] >= config["steps"] and last["mean_return"] == metrics["final_eval_return"]:
+            known["base"] = float(metrics["final_eval_return"])
+    if (run / "ood_eval.json").is_file():
+        ood = json.loads((run / "ood_eval.json").read_text())
+        if ood.get("episodes") == episodes:
+            known["OOD twin"] = float(ood["mean_return"])
+    return known
+
+
 def score_run(task: dict[str, Any]) -> dict[str, Any]:
     """Score one saved agent on every setting; runs in a worker process."""
     import torch
@@ -66,20 +91,29 @@ def score_run(task: dict[str, Any]) -> dict[str, Any]:
     from cwm_rl.agents.evaluation import evaluate_agent
 
     agent, cfg = load_agent(task["run_dir"])
+    env_steps = int(agent.num_timesteps)
+    if hasattr(agent, "close"):
+        agent.close()
+    known = {} if task.get("replay_all") else scored_already(Path(task["run_dir"]), task["episodes"])
     scores = {}
     start = time.perf_counter()
     for name, env_id, extra in factors(cfg.env_id):
+        if name in known:
+            scores[name] = known[name]
+            continue
+        # every setting from the saved agent as it was: an evaluation may move an agent's random streams
+        agent, _ = load_agent(task["run_dir"])
         result = evaluate_agent(agent, env_id, task["episodes"], cfg.seed, {**cfg.env_kwargs, **extra})
         scores[name] = result["mean_return"]
-    if hasattr(agent, "close"):
-        agent.close()
+        if hasattr(agent, "close"):
+            agent.close()
     return {
         "run_dir": task["run_dir"],
         "group": group_name(task["run_dir"]),
         "env_id": cfg.env_id,
         "agent": cfg.agent,
         "seed": cfg.seed,
-        "env_steps": int(agent.num_timesteps),
+        "env_steps": env_steps,
         "scores": scores,
         "wall_s": time.perf_counter() - start,
     }
@@ -112,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dirs", nargs="+", help="`cwm-rl train` run directories (named NAME-SEED to group)")
     parser.add_argument("--episodes", type=int, default=5, help="evaluation episodes per setting (the protocol's)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument(
+        "--replay-all",
+        action="store_true",
+        help="replay every setting, also those the run's own evaluations scored (final evaluation, ood_eval.json)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--out", help="write the results as JSON to this file")
     args = parser.parse_args(argv)
@@ -120,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = [d for d in args.run_dirs if not (Path(d) / "config.yaml").is_file()]
     if missing:
         parser.error(f"not a finished `cwm-rl train` run (no config.yaml): {', '.join(missing)}")
-    tasks = [{"run_dir": str(d), "episodes": args.episodes} for d in args.run_dirs]
+    tasks = [{"run_dir": str(d), "episodes": args.episodes, "replay_all": args.replay_all} for d in args.run_dirs]
     start = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(max(1, args.jobs)) as pool:
         runs = pool.map(score_run, tasks)

@@ -48,10 +48,17 @@ def test_scores_a_saved_run_and_its_base_score_is_its_final_evaluation(of, tmp_p
     cfg = {"env_id": "cwm/Pusher2D-v0", "agent": "random", "steps": 64, "seed": 0, "eval_every": 64}
     metrics = train(resolve_config({**cfg, "eval_episodes": 2, "wm_probe_transitions": 0}), run, progress=False)
     out = tmp_path / "ood.json"
-    assert of.main([str(run), "--episodes", "2", "--jobs", "1", "--out", str(out)]) == 0
+    assert of.main([str(run), "--episodes", "2", "--jobs", "1", "--replay-all", "--out", str(out)]) == 0
     (result,) = json.loads(out.read_text())["runs"]
     assert list(result["scores"]) == ["base", "box_mass=3.0", "distractor_speed=0.05", "OOD twin"]
     assert result["scores"]["base"] == pytest.approx(metrics["final_eval_return"])  # the same protocol
+    # scores the run's own evaluations took with this protocol are read, not replayed
+    (run / "ood_eval.json").write_text(json.dumps({"mean_return": -7.0, "episodes": 2}))
+    assert of.scored_already(run, 2) == {"base": metrics["final_eval_return"], "OOD twin": -7.0}
+    assert of.scored_already(run, 3) == {}  # another protocol: replayed
+    assert of.main([str(run), "--episodes", "2", "--jobs", "1", "--out", str(out)]) == 0
+    (again,) = json.loads(out.read_text())["runs"]
+    assert again["scores"] == {**result["scores"], "OOD twin": -7.0}
     with pytest.raises(SystemExit) as exc:
         of.main([str(tmp_path / "nowhere")])
     assert exc.value.code == 2 and "not a finished" in capsys.readouterr().err
