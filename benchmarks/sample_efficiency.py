@@ -191,6 +191,11 @@ def ood_id(env_id: str) -> str:
     return env_id.replace("-v0", "-OOD-v0")
 
 
+class DifferentRun(Exception):
+    """A run directory holds a run of another config. (Not SystemExit: in a pool worker that ends the worker, and
+    the pool then waits for its result forever.)"""
+
+
 def flat_keys(node: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of a nested config's leaves."""
     keys = []
@@ -212,8 +217,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     from cwm_rl.agents.compare import evaluate_run
-    from cwm_rl.agents.training import resolve_config, train
-    from cwm_rl.config import to_dict
+    from cwm_rl.agents.training import resolve_config, run_config_dict, train
 
     run = Path(task["run_dir"])
     label = task.get("label", task["agent"])
@@ -233,12 +237,12 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         kept = yaml.safe_load((run / "config.yaml").read_text())
 
         # the whole resolved config, not only the keys set here: a run of earlier shipped defaults is another run
-        wanted = to_dict(resolve_config(overrides))
+        wanted = run_config_dict(resolve_config(overrides))  # as train writes config.yaml
         differ = [
             k for k in flat_keys(wanted) if k != "wm_probe_transitions" and flat_get(kept, k) != flat_get(wanted, k)
         ]
         if differ:
-            raise SystemExit(
+            raise DifferentRun(
                 f"{run} holds a different run ({', '.join(differ[:4])} differ); give another --runs-dir or remove it"
             )
         metrics = json.loads((run / "metrics.json").read_text())
@@ -458,7 +462,15 @@ def main(argv: list[str] | None = None) -> int:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(max(1, args.jobs)) as pool:
         results = []
-        for r in pool.imap_unordered(run_one, tasks):
+        runs = pool.imap_unordered(run_one, tasks)
+        while True:
+            try:
+                r = next(runs)
+            except StopIteration:
+                break
+            except DifferentRun as e:
+                print(f"sample_efficiency: {e}", file=sys.stderr)
+                return 2
             results.append(r)
             if not args.json:
                 print(

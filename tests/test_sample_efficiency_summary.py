@@ -122,14 +122,13 @@ def test_a_kept_run_is_reused_only_when_its_whole_resolved_config_matches(se, tm
 
     import yaml
 
-    from cwm_rl.agents.training import resolve_config
-    from cwm_rl.config import to_dict
+    from cwm_rl.agents.training import resolve_config, run_config_dict
 
-    task = {"env_id": "cwm/Pusher2D-v0", "agent": "random", "steps": 60, "seed": 0, "evals": 2, "episodes": 1}
-    run = tmp_path / "random-0"
+    task = {"env_id": "cwm/Pusher2D-v0", "agent": "causal-mpc", "steps": 60, "seed": 0, "evals": 2, "episodes": 1}
+    run = tmp_path / "causal-mpc-0"
     run.mkdir()
-    keys = {"env_id": "cwm/Pusher2D-v0", "agent": "random", "steps": 60, "seed": 0, "eval_every": 30}
-    config = to_dict(resolve_config({**keys, "eval_episodes": 1, "wm_probe_transitions": 0}))
+    keys = {"env_id": "cwm/Pusher2D-v0", "agent": "causal-mpc", "steps": 60, "seed": 0, "eval_every": 30}
+    config = run_config_dict(resolve_config({**keys, "eval_episodes": 1, "wm_probe_transitions": 0}))
     (run / "metrics.json").write_text(
         json.dumps(
             {"final_eval_return": -1.0, "best_eval_return": -0.5, "curve": [{"env_steps": 60, "mean_return": -1.0}]}
@@ -138,8 +137,8 @@ def test_a_kept_run_is_reused_only_when_its_whole_resolved_config_matches(se, tm
     (run / "timing.json").write_text(json.dumps({"wall_time_s": 2.0}))
     (run / "ood_eval.json").write_text(json.dumps({"mean_return": -3.0, "returns": [-3.0]}))
     (run / "config.yaml").write_text(yaml.safe_dump({**config, "mpc": {**config["mpc"], "reward": "env"}}))
-    with pytest.raises(SystemExit, match=r"mpc\.reward"):  # a key the task does not set, from other defaults
+    with pytest.raises(se.DifferentRun, match=r"mpc\.reward"):  # a key the task does not set, from other defaults
         se.run_one({**task, "run_dir": str(run)})
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    (run / "config.yaml").write_text(yaml.safe_dump(config))  # no dyna section: train writes none for MPC agents
     out = se.run_one({**task, "run_dir": str(run)})
     assert (out["final_eval_return"], out["ood_mean_return"], out["wall_s"]) == (-1.0, -3.0, 2.0)
