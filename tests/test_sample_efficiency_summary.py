@@ -136,7 +136,7 @@ def test_a_kept_run_is_reused_only_when_its_whole_resolved_config_matches(se, tm
     )
     (run / "timing.json").write_text(json.dumps({"wall_time_s": 2.0}))
     (run / "ood_eval.json").write_text(json.dumps({"mean_return": -3.0, "returns": [-3.0]}))
-    (run / "config.yaml").write_text(yaml.safe_dump({**config, "mpc": {**config["mpc"], "reward": "env"}}))
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "mpc": {**config["mpc"], "reward": "model"}}))
     with pytest.raises(se.DifferentRun, match=r"mpc\.reward"):  # a key the task does not set, from other defaults
         se.run_one({**task, "run_dir": str(run)})
     (run / "config.yaml").write_text(yaml.safe_dump(config))  # no dyna section: train writes none for MPC agents
