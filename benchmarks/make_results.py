@@ -15,6 +15,8 @@ Usage::
         --grid pushy,slot-ssm,100,prediction_loss=l1,KEY=VALUE --out docs/pusher_model_diagnosis_NAME.json  # each
         # row of docs/design_notes.md's "Pusher2D, session 13" (~15 min each); files of one protocol share a table
     python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~6 h on 2 cores (with variants)
+    python benchmarks/sample_efficiency.py --envs pusher --only causal-mpc mlp-mpc \
+        --out docs/sample_efficiency.json     # session 19: the new Pusher2D defaults' rows, ~90 min, 3 jobs
     D=runs/sample_efficiency/full/pusher; python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
         --agent-runs $D/mlp-mpc+env-reward+l1-0 $D/mlp-mpc+env-reward+l1+long-fit-0 $D/causal-mpc+env-reward+l1-0 \
         $D/causal-mpc+env-reward+l1+deep+long-fit-0 $D/causal-mpc+env-reward+l1+deep+long-fit-2 \

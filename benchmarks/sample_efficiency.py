@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/sample_efficiency.py [--envs pong pusher] [--seeds 0 1 2] [--jobs 2] [--quick]
-                                           [--no-variants] [--runs-dir DIR] [--json]
+                                           [--no-variants] [--only ROW ...] [--runs-dir DIR] [--json]
                                            [--out docs/sample_efficiency.json]
 
 Issue 4's claim, measured as it is stated: the model-based agent (``causal-mpc`` or ``causal-dyna``, at a fifth of the
@@ -37,7 +37,9 @@ Runs are independent processes (``--jobs`` at a time, one torch thread each), so
 between runs of one invocation. ``--quick`` is a smoke test (tiny budgets, one seed), not a measurement. With
 ``--envs`` naming only some envs and ``--out`` an existing file, the other envs' results in that file are kept;
 every env's summary records the commit, date and machine of the invocation (``measured``). A finished run in
-``--runs-dir`` is reused, not retrained (so adding a variant costs only its own runs); each run directory keeps the
+``--runs-dir`` is reused, not retrained, if its whole config is the one asked for (so adding a variant costs only
+its own runs); ``--only ROW ...`` runs only those rows and keeps the env's other rows from ``--out``'s file (each
+run's record there holds its curve, OOD return and commit); each run directory keeps the
 commit that trained it (``bench_commit.txt``) and each row lists its runs' commits (``commits``).
 """
 
