@@ -298,9 +298,9 @@ def _ood_factors_section(bench: dict) -> list[str]:
         "`benchmarks/ood_factors.py`: the sample-efficiency runs' saved agents, scored with the fixed protocol "
         f"({bench['episodes']} deterministic episodes, the training script's evaluation seeds) on the base env, on "
         "the base env with each argument the `-OOD-v0` twin changes set alone, and on the twin; mean ± std over "
-        "seeds, in brackets the change against the base env (mean over seeds of each seed's change). A causal model "
-        "should lose nothing where the change is to a part that touches nothing the task needs, and may lose like "
-        f"a dense one where a mechanism it uses changes. On {_machine(m)}, torch {m['torch']}.",
+        "seeds, in brackets the change against the base env (mean ± std over seeds of each seed's change). A causal "
+        "model should lose nothing where the change is to a part that touches nothing the task needs, and may lose "
+        f"like a dense one where a mechanism it uses changes. On {_machine(m)}, torch {m['torch']}.",
         "",
     ]
     for env_id, settings in bench["factors"].items():
@@ -313,7 +313,8 @@ def _ood_factors_section(bench: dict) -> list[str]:
         ]
         for r in rows:
             cells = [f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f}" for s in settings[:1]] + [
-                f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f} ({r[s]['change_mean']:+.2f})" for s in settings[1:]
+                f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f} ({r[s]['change_mean']:+.2f} ± {r[s]['change_std']:.2f})"
+                for s in settings[1:]
             ]
             lines.append(f"| {r['group']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
