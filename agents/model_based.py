@@ -58,10 +58,11 @@ class MPCConfig:
             ``cwm-rl wm-train``; ``reward_weight`` scales the reward head's squared error, in the env's raw reward
             units; ``prediction_loss`` is ``mse`` or ``l1``); ``dense_warmup``: the first world-model updates run
             with every cross-slot gate open and no sparsity penalty (``cwm-rl wm-train``'s key), counted across
-            fits. Set it above ``first_updates`` so the gates close on data with the agent's own plans in it, not on
-            the seed steps alone: on Pusher2D, gates that closed during the first fit (random play, contacts in about
-            1% of the steps) kept ``box <- agent`` shut through the agent's later, contact-rich data
-            (docs/design_notes.md, "Pusher2D, session 17").
+            fits. Gates that close during the first fit close on the seed steps alone: on Pusher2D (random play,
+            contacts in about 1% of the steps) they kept ``box <- agent`` shut through the agent's later,
+            contact-rich data (docs/design_notes.md, "Pusher2D, session 17"). Either set it above
+            ``first_updates``, or let ``reset_every`` refit the model later (a reset counts the warm-up afresh):
+            Pusher2D's defaults do the latter, which worked better (sessions 18-19).
         reset_every: at the first scheduled fit ``reset_every`` or more env steps after a model's first fit,
             re-initialise the world model and refit it from scratch on the whole buffer with ``first_updates`` (and
             ``dense_warmup`` afresh): :meth:`~cwm_rl.agents.world_model_learner.WorldModelLearner.reset`. 0
