@@ -496,7 +496,11 @@ def main(argv: list[str] | None = None) -> int:
         order = {label: i for i, (label, *_) in enumerate(rows_of(setup, args.variants))}
         stale = sorted({r["label"] for r in carried if r["label"] not in order})
         if stale:
-            print(f"{setup['env_id']}: dropped rows no longer in SETUPS: {', '.join(stale)}", file=sys.stderr)
+            print(
+                f"{setup['env_id']}: dropped kept rows that are not this invocation's (--no-variants, or no longer in "
+                f"SETUPS): {', '.join(stale)}",
+                file=sys.stderr,
+            )
         env_runs = sorted(
             (r for r in fresh + carried if r["label"] in order), key=lambda r: (order[r["label"]], r["seed"])
         )
