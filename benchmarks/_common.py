@@ -11,6 +11,11 @@ from typing import Any
 import numpy as np
 
 
+def ood_id(env_id: str) -> str:
+    """The suite's OOD twin of ``cwm/Name-v0``: ``cwm/Name-OOD-v0``."""
+    return env_id.replace("-v0", "-OOD-v0")
+
+
 def cpu_model() -> str | None:
     """The CPU's model name (Linux), since torch's float results, and so a seeded run, can differ between CPUs."""
     try:

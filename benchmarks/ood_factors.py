@@ -33,11 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, report  # noqa: E402
-
-
-def ood_id(env_id: str) -> str:
-    return env_id.replace("-v0", "-OOD-v0")
+from _common import machine_info, ood_id, report  # noqa: E402
 
 
 def factors(env_id: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -85,8 +81,6 @@ def score_run(task: dict[str, Any]) -> dict[str, Any]:
 
     agent, cfg = load_agent(task["run_dir"])
     env_steps = int(agent.num_timesteps)
-    if hasattr(agent, "close"):
-        agent.close()
     known = {} if task.get("replay_all") else scored_already(Path(task["run_dir"]), task["episodes"])
     scores = {}
     start = time.perf_counter()
@@ -95,11 +89,15 @@ def score_run(task: dict[str, Any]) -> dict[str, Any]:
             scores[name] = known[name]
             continue
         # every setting from the saved agent as it was: an evaluation may move an agent's random streams
-        agent, _ = load_agent(task["run_dir"])
+        if agent is None:
+            agent, _ = load_agent(task["run_dir"])
         result = evaluate_agent(agent, env_id, task["episodes"], cfg.seed, {**cfg.env_kwargs, **extra})
         scores[name] = result["mean_return"]
         if hasattr(agent, "close"):
             agent.close()
+        agent = None
+    if agent is not None and hasattr(agent, "close"):  # every setting was read, none replayed
+        agent.close()
     return {
         "run_dir": task["run_dir"],
         "group": group_name(task["run_dir"]),

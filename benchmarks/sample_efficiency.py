@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, report, write_json  # noqa: E402
+from _common import machine_info, ood_id, report, write_json  # noqa: E402
 
 ENV_REWARD_L1 = {"mpc.reward": "env", "mpc.prediction_loss": "l1"}
 LONG_FIT = {"mpc.first_updates": 3000, "mpc.updates": 500}  # 4,500 updates in 6k steps (the default: 1,050)
@@ -187,10 +187,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip() or None
-
-
-def ood_id(env_id: str) -> str:
-    return env_id.replace("-v0", "-OOD-v0")
 
 
 class DifferentRun(Exception):
