@@ -1,4 +1,4 @@
-"""Agents: the model-based agents (MPC, Dyna) and the Stable-Baselines3 baselines behind one protocol
+"""Agents: the model-based agents (MPC, Dyna, SimPLe) and the Stable-Baselines3 baselines behind one protocol
 (:class:`Agent`), and the training script's Python API (``make_agent``, ``train``, ``resume``, ``evaluate_agent``,
 ``compare_runs``)."""
 
@@ -9,6 +9,7 @@ from cwm_rl.agents.evaluation import evaluate_agent
 from cwm_rl.agents.model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from cwm_rl.agents.random_agent import RandomAgent
 from cwm_rl.agents.sb3_baselines import SB3_ALGOS, SB3Agent, algos_for, load_hyperparams, read_manifest
+from cwm_rl.agents.simple import SIMPLE_AGENTS, SimPLeAgent, SimPLeConfig, simple_config_for
 from cwm_rl.agents.training import AGENTS, TrainConfig, make_agent, resolve_config, resume, train
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "DYNA_AGENTS",
     "MPC_AGENTS",
     "SB3_ALGOS",
+    "SIMPLE_AGENTS",
     "Agent",
     "DynaAgent",
     "DynaConfig",
@@ -23,6 +25,8 @@ __all__ = [
     "MPCConfig",
     "RandomAgent",
     "SB3Agent",
+    "SimPLeAgent",
+    "SimPLeConfig",
     "TrainConfig",
     "algos_for",
     "compare_runs",
@@ -36,5 +40,6 @@ __all__ = [
     "read_manifest",
     "resolve_config",
     "resume",
+    "simple_config_for",
     "train",
 ]

@@ -52,6 +52,10 @@ def load_agent(run_dir: str | os.PathLike[str]) -> tuple[Any, TrainConfig]:
 
     if cfg.agent in DYNA_AGENTS:
         return DynaAgent.load(path, env_id=cfg.env_id), cfg
+    from .simple import SIMPLE_AGENTS, SimPLeAgent
+
+    if cfg.agent in SIMPLE_AGENTS:
+        return SimPLeAgent.load(path, env_id=cfg.env_id), cfg
     return RandomAgent(cfg.env_id, seed=cfg.seed, env_kwargs=cfg.env_kwargs), cfg
 
 

@@ -34,7 +34,13 @@ from cwm_rl.planning.imagination import Imagination
 
 from .sequence_buffer import SequenceBuffer
 from .value import ValueFunction
-from .world_model_learner import EnvLayout, LearnerViews, WorldModelLearner, check_loss_weights
+from .world_model_learner import (
+    EnvLayout,
+    LearnerViews,
+    WorldModelLearner,
+    check_loss_weights,
+    vector_env_transitions,
+)
 
 REWARD_SOURCES = ("model", "env")
 """How the MPC agents score imagined steps (``MPCConfig.reward``)."""
@@ -133,6 +139,16 @@ def check_mpc_config(cfg: MPCConfig) -> None:
     validate_config(cfg.planner)
 
 
+def check_observations(obs: Any, obs_dim: int, env_id: str) -> np.ndarray:
+    """``obs`` as a float32 ``(n, obs_dim)`` array, or one line saying what is wrong with it."""
+    obs = np.asarray(obs, dtype=np.float32)
+    if obs.ndim != 2 or obs.shape[1] != obs_dim:
+        raise InvalidArgumentError(f"observations must have shape (n, {obs_dim}) for {env_id}, got {obs.shape}")
+    if not np.isfinite(obs).all():
+        raise InvalidArgumentError("observations contain NaN or inf; check the env or the wrapper feeding them")
+    return obs
+
+
 class MPCAgent(LearnerViews):
     """Model-based agent: online world model + MPC (the agent protocol of :mod:`cwm_rl.agents.base`).
 
@@ -189,13 +205,7 @@ class MPCAgent(LearnerViews):
 
     def predict(self, obs: np.ndarray, deterministic: bool = True) -> np.ndarray:
         """Plan from each row of ``obs (n, obs_dim)``; random actions while the model is untrained."""
-        obs = np.asarray(obs, dtype=np.float32)
-        if obs.ndim != 2 or obs.shape[1] != sum(self.slot_dims):
-            raise InvalidArgumentError(
-                f"observations must have shape (n, {sum(self.slot_dims)}) for {self.env_id}, got {obs.shape}"
-            )
-        if not np.isfinite(obs).all():
-            raise InvalidArgumentError("observations contain NaN or inf; check the env or the wrapper feeding them")
+        obs = check_observations(obs, sum(self.slot_dims), self.env_id)
         if not self.model_ready:
             return np.stack([self.action_space.sample() for _ in range(len(obs))])
         return self._plan(obs, self._planner(len(obs)))
@@ -243,17 +253,8 @@ class MPCAgent(LearnerViews):
             else:
                 action = self._plan(np.asarray(self._obs, dtype=np.float32), self._train_planner)
             next_obs, reward, terminated, truncated, info = self.env.step(action)
-            valid = np.asarray(info["_local_graph"], dtype=bool)  # False on autoreset steps: not a transition
-            ended = valid & (terminated | truncated)
-            step = {
-                "obs": self._obs,
-                "action": np.asarray(action),
-                "reward": np.asarray(reward, dtype=np.float32),
-                "next_obs": next_obs,
-                "terminated": np.asarray(terminated, dtype=bool),
-                "local_graph": np.asarray(info["local_graph"], dtype=bool),
-                "intervened": np.asarray(info["intervened"], dtype=bool),
-            }
+            record = (self._obs, action, reward, next_obs, terminated, truncated, info)
+            step, valid, ended = vector_env_transitions(*record)
             self.buffer.add(step, valid, ended)
             self._ep_return += np.where(valid, reward, 0.0)
             for i in np.flatnonzero(ended):
@@ -348,4 +349,12 @@ def mpc_config_for(agent_id: str, overrides: dict[str, Any] | None = None, env_i
     return apply_overrides(cfg, overrides or {})
 
 
-__all__ = ["MPC_AGENTS", "MPCAgent", "MPCConfig", "check_mpc_config", "env_defaults", "mpc_config_for"]
+__all__ = [
+    "MPC_AGENTS",
+    "MPCAgent",
+    "MPCConfig",
+    "check_mpc_config",
+    "check_observations",
+    "env_defaults",
+    "mpc_config_for",
+]

@@ -83,6 +83,15 @@ class SequenceBuffer:
         out["reward"] = out["reward"].float()
         return out
 
+    def sample_obs(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` observations of stored real transitions, drawn uniformly with replacement (start states of imagined
+        episodes)."""
+        rows = np.argwhere(self._valid[: self._t])
+        if len(rows) == 0:
+            raise ValueError("the buffer holds no real transition yet")
+        pick = rows[rng.integers(0, len(rows), size=n)]
+        return np.array(self._data["obs"][pick[:, 0], pick[:, 1]], dtype=np.float32)
+
     def dataset_arrays(self) -> dict[str, np.ndarray]:
         """Every real transition as the rows of a transition dataset (docs/data_format.md): sub-env by sub-env, in
         time order, with ``truncated`` (an episode's end that was not a termination), ``episode`` ids counting up

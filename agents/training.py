@@ -40,13 +40,14 @@ from .evaluation import evaluate_agent
 from .model_based import MPC_AGENTS, MPCAgent, MPCConfig, mpc_config_for
 from .random_agent import RandomAgent
 from .sb3_baselines import SB3_ALGOS, SB3Agent
+from .simple import SIMPLE_AGENTS, SimPLeAgent, SimPLeConfig, simple_config_for
 from .snapshot import SNAPSHOT_NAME, load_snapshot, save_snapshot, set_global_rng_state, version_drift
 from .wm_probe import RETURN_SEED_OFFSET, WorldModelProbeCallback, imagined_vs_real_return
 from .world_model_learner import EVAL_ENVS, EVAL_HORIZONS, min_eval_transitions
 
 DATA_DIR = "data"
 """Where a run with ``save_data`` writes its agent's transitions (a dataset directory)."""
-AGENTS = (*MPC_AGENTS, *DYNA_AGENTS, *SB3_ALGOS, "random")
+AGENTS = (*MPC_AGENTS, *DYNA_AGENTS, *SIMPLE_AGENTS, *SB3_ALGOS, "random")
 """Every agent id ``cwm-rl train --agent`` accepts."""
 
 
@@ -65,6 +66,8 @@ class TrainConfig:
         mpc: the model-based agents' config (``--set mpc.planner.horizon=8``); ``mpc.model`` follows ``agent``.
         dyna: the Dyna agent's config (``--set dyna.real_ratio=0.1``; its SAC/DQN hyperparameters are
             ``dyna.sb3_kwargs``); ``dyna.model`` follows ``agent``.
+        simple: the SimPLe agents' config (``--set simple.horizon=50``; PPO's hyperparameters are
+            ``simple.ppo_kwargs``); ``simple.model`` follows ``agent``.
         sb3_kwargs: SB3 hyperparameter overrides, merged over ``agents/configs/<algo>.yaml``.
         wm_probe_transitions: fresh random-policy transitions on which a model-based agent's world model (or a
             baseline's probe, see ``wm_probe``) is evaluated at every evaluation (prediction error at 1/5/10 steps,
@@ -87,6 +90,7 @@ class TrainConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     mpc: MPCConfig = field(default_factory=MPCConfig)
     dyna: DynaConfig = field(default_factory=DynaConfig)
+    simple: SimPLeConfig = field(default_factory=SimPLeConfig)
     sb3_kwargs: dict[str, Any] = field(default_factory=dict)
     wm_probe_transitions: int = 1000
     wm_probe: bool = True
@@ -108,6 +112,8 @@ def resolve_config(overrides: dict[str, Any], config_file: str | os.PathLike[str
         base.mpc = mpc_config_for(who.agent, env_id=who.env_id or None)
     if who.agent in DYNA_AGENTS and "dyna" not in given:
         base.dyna = dyna_config_for(who.agent, env_id=who.env_id or None)
+    if who.agent in SIMPLE_AGENTS and "simple" not in given:
+        base.simple = simple_config_for(who.agent, env_id=who.env_id or None)
     return apply_overrides(base, overrides)
 
 
@@ -119,6 +125,8 @@ def run_config_dict(cfg: TrainConfig) -> dict[str, Any]:
         del data["mpc"]
     if cfg.agent not in DYNA_AGENTS:
         del data["dyna"]
+    if cfg.agent not in SIMPLE_AGENTS:
+        del data["simple"]
     return data
 
 
@@ -160,6 +168,13 @@ def make_agent(cfg: TrainConfig, tensorboard_dir: str | None = None, log: Callab
             raise ConfigError(f"sb3_kwargs is for the SB3 agents; set {cfg.agent}'s with --set dyna.sb3_kwargs={{...}}")
         cfg.dyna.model = DYNA_AGENTS[cfg.agent]
         return DynaAgent(cfg.env_id, cfg.dyna, cfg.seed, cfg.env_kwargs, log=log, tensorboard_log=tensorboard_dir)
+    if cfg.agent in SIMPLE_AGENTS:
+        if cfg.sb3_kwargs:
+            raise ConfigError(
+                f"sb3_kwargs is for the SB3 agents; set {cfg.agent}'s PPO with --set simple.ppo_kwargs={{...}}"
+            )
+        cfg.simple.model = SIMPLE_AGENTS[cfg.agent]
+        return SimPLeAgent(cfg.env_id, cfg.simple, cfg.seed, cfg.env_kwargs, log=log, tensorboard_log=tensorboard_dir)
     if cfg.agent in SB3_ALGOS:
         return SB3Agent(
             cfg.agent,
@@ -177,7 +192,7 @@ def checkpoint_name(agent_id: str) -> str:
     the model-based ones (the Dyna agent's holds its SB3 zip inside), ``agent.json`` for the random agent."""
     if agent_id in SB3_ALGOS:
         return "agent.zip"
-    return "agent.pt" if agent_id in MPC_AGENTS or agent_id in DYNA_AGENTS else "agent.json"
+    return "agent.pt" if agent_id in (*MPC_AGENTS, *DYNA_AGENTS, *SIMPLE_AGENTS) else "agent.json"
 
 
 class _Evaluator:
@@ -380,7 +395,7 @@ def resume(run_dir: str | os.PathLike[str], progress: bool = True) -> dict[str, 
 
 def _bind_outputs(agent: Any, writer: _LazyWriter, tensorboard_dir: Path) -> None:
     """Attach a resumed agent's logging to this process's TensorBoard writer (a snapshot holds none)."""
-    if isinstance(agent, (MPCAgent, DynaAgent)):
+    if isinstance(agent, (MPCAgent, DynaAgent, SimPLeAgent)):
         agent.log = writer.add_scalar
     sb3 = agent.sb3 if isinstance(agent, DynaAgent) else agent
     if isinstance(sb3, SB3Agent) and sb3.model.tensorboard_log is not None:
@@ -417,7 +432,7 @@ def _run(cfg: TrainConfig, run: Path, agent: Any, writer: _LazyWriter, evaluator
         with _stop_on_sigint(evaluator):
             if remaining > 0 and cfg.agent in SB3_ALGOS:
                 agent.learn(remaining, callback=_sb3_callback(evaluator, agent))
-            elif remaining > 0 and cfg.agent in (*MPC_AGENTS, *DYNA_AGENTS):  # one call: schedules span the run
+            elif remaining > 0 and cfg.agent in (*MPC_AGENTS, *DYNA_AGENTS, *SIMPLE_AGENTS):  # one call: schedules
                 agent.learn(remaining, callback=evaluator)
             else:
                 while agent.num_timesteps < cfg.steps and not evaluator.halted:
@@ -494,7 +509,7 @@ def _stop_on_sigint(evaluator: _Evaluator) -> Iterator[None]:
 
 def _recent_train_return(agent: Any, n: int = 10) -> float | None:
     """Mean return of the agent's last ``n`` finished training episodes (None before the first)."""
-    if isinstance(agent, (MPCAgent, DynaAgent)):
+    if isinstance(agent, (MPCAgent, DynaAgent, SimPLeAgent)):
         returns = agent.episode_returns[-n:]
     elif isinstance(agent, SB3Agent):
         returns = [ep["r"] for ep in list(agent.model.ep_info_buffer or [])[-n:]]

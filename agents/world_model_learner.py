@@ -399,6 +399,36 @@ class LearnerViews:
         return self.learner.ready
 
 
+def vector_env_transitions(
+    obs: np.ndarray,
+    action: np.ndarray,
+    reward: np.ndarray,
+    next_obs: np.ndarray,
+    terminated: np.ndarray,
+    truncated: np.ndarray,
+    info: dict[str, Any],
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """One step of a suite env's native vector env (:func:`cwm_rl.data.make_vector_env`, next-step autoreset) as a
+    :class:`SequenceBuffer` step: the step after an episode's end is a reset, not a transition
+    (``info["_local_graph"]`` False there).
+
+    Returns:
+        ``(step, valid, episode_end)`` for :meth:`SequenceBuffer.add`.
+    """
+    valid = np.asarray(info["_local_graph"], dtype=bool)
+    ended = valid & (np.asarray(terminated, dtype=bool) | np.asarray(truncated, dtype=bool))
+    step = {
+        "obs": obs,
+        "action": np.asarray(action),
+        "reward": np.asarray(reward, dtype=np.float32),
+        "next_obs": next_obs,
+        "terminated": np.asarray(terminated, dtype=bool),
+        "local_graph": np.asarray(info["local_graph"], dtype=bool),
+        "intervened": np.asarray(info["intervened"], dtype=bool),
+    }
+    return step, valid, ended
+
+
 def sb3_transitions(
     last_obs: Any, local_vars: dict[str, Any], layout: EnvLayout
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -454,4 +484,5 @@ __all__ = [
     "WorldModelLearner",
     "min_eval_transitions",
     "sb3_transitions",
+    "vector_env_transitions",
 ]

@@ -383,12 +383,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train",
-        help="train an agent (causal-mpc, causal-dyna, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac, random) on an env",
+        help="train an agent (causal-mpc, causal-dyna, causal-simple, transformer-mpc, mlp-mpc, mlp-simple, ppo, a2c, "
+        "dqn, sac, random) on an env",
         description="Train an agent with periodic evaluation on separate eval envs. Writes RUN_DIR/config.yaml, "
         "the agent checkpoint, metrics.json and TensorBoard events (tb/).",
     )
     p.add_argument("--env", help="a registered env id (see `cwm-rl envs`)")
-    p.add_argument("--agent", help="causal-mpc, causal-dyna, transformer-mpc, mlp-mpc, ppo, a2c, dqn, sac or random")
+    p.add_argument(
+        "--agent",
+        help="causal-mpc, causal-dyna, causal-simple, transformer-mpc, mlp-mpc, mlp-simple, ppo, a2c, dqn, sac or "
+        "random",
+    )
     p.add_argument("--steps", type=int, help="real env steps to train for")
     p.add_argument("--seed", type=int)
     p.add_argument("--run-dir", metavar="DIR", help="where to write the run (must be new)")

@@ -3,6 +3,7 @@ uninterrupted one (wall times aside), for every kind of agent; snapshots of anot
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import signal
@@ -47,6 +48,11 @@ def _config(agent: str, env_id: str = "cwm/Chemistry-v0", probe: int = 0, **over
         cfg.dyna.seed_steps, cfg.dyna.train_every, cfg.dyna.first_updates, cfg.dyna.updates = 24, 24, 3, 1
         cfg.dyna.rollout_batch, cfg.dyna.window, cfg.dyna.batch_size, cfg.dyna.reset_every = 8, 4, 4, 48
         cfg.dyna.sb3_kwargs = {"learning_starts": 20, "batch_size": 8}
+    if agent == "causal-simple":
+        cfg.simple.seed_steps, cfg.simple.train_every, cfg.simple.first_updates, cfg.simple.updates = 24, 24, 3, 1
+        cfg.simple.window, cfg.simple.batch_size, cfg.simple.reset_every, cfg.simple.slot.d_model = 4, 4, 48, 16
+        cfg.simple.imagined_envs, cfg.simple.horizon, cfg.simple.imagined_steps = 4, 5, 16
+        cfg.simple.ppo_kwargs = {"n_steps": 4, "batch_size": 8, "n_epochs": 1}
     for key, value in over.items():
         setattr(cfg, key, value)
     return cfg
@@ -58,13 +64,20 @@ def _metrics_file(run) -> str:
 
 
 def _final_weights(run) -> dict[str, torch.Tensor]:
-    """The weights in the run's final agent checkpoint: the SB3 policy, or the world model (MPC, Dyna)."""
+    """The weights in the run's final agent checkpoint: the SB3 policy, or the world model (MPC, Dyna; SimPLe with its
+    policy)."""
     from cwm_rl.agents import SB3Agent
 
     if (run / "agent.zip").is_file():
         return SB3Agent.load(run / "agent.zip").model.policy.state_dict()
     if (run / "agent.pt").is_file():
-        return torch.load(run / "agent.pt", weights_only=False)["model_state"]
+        data = torch.load(run / "agent.pt", weights_only=False)
+        if "ppo_zip" in data:  # SimPLe: the policy trained in imagination as well as the world model
+            from stable_baselines3 import PPO
+
+            policy = PPO.load(io.BytesIO(data["ppo_zip"]), device="cpu").policy.state_dict()
+            return {**data["model_state"], **{f"ppo.{k}": v for k, v in policy.items()}}
+        return data["model_state"]
     return {}
 
 
@@ -85,6 +98,7 @@ class _Crash(Exception):
         ("dqn", "cwm/Chemistry-v0", 0),
         ("sac", "cwm/Pusher2D-v0", 0),
         ("causal-dyna", "cwm/Chemistry-v0", 0),
+        ("causal-simple", "cwm/Chemistry-v0", 0),
     ],
 )
 def test_a_crashed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, monkeypatch, agent, env_id, probe):
