@@ -7,7 +7,8 @@ Usage::
                                            [--out docs/sample_efficiency.json]
 
 Issue 4's claim, measured as it is stated: the model-based agent (``causal-mpc`` or ``causal-dyna``, at a fifth of the
-baseline's budget) should reach the return that the
+baseline's budget; since session 20 also ``causal-simple``, PPO trained in the world model, at that fifth) should
+reach the return that the
 model-free baseline (PPO on Interventional Pong, SAC on Pusher2D) reaches at its full budget with at least 5x fewer
 env steps, and the causal (slot, sparse-attention) model should beat the dense one (``mlp-mpc``) on the env's OOD
 twin. Every run is ``cwm-rl train``'s Python API (:func:`cwm_rl.agents.training.train`) at the shipped defaults

@@ -217,3 +217,15 @@ def test_cli_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, sets, m
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and "Traceback" not in err
     assert not run.exists()
+
+
+def test_reward_env_scores_imagined_states_with_the_envs_reward_function():
+    overrides = {**TINY, "mlp_hidden": 16, "reward": "env"}
+    agent = SimPLeAgent(PUSHER, simple_config_for("mlp-simple", overrides, env_id=PUSHER), seed=0)
+    agent.learn(48)  # the first fit: the model exists
+    env = agent._imagined_env()
+    env.reset()
+    obs, reward, done, _ = env.step(np.zeros((4, 2), np.float32))
+    expected, terminated = agent.env.env.reward_from_observation(torch.as_tensor(obs))
+    assert not done.any()
+    assert np.allclose(reward, np.asarray(expected, np.float32)) and not np.asarray(terminated).any()
