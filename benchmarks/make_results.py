@@ -284,10 +284,15 @@ def _reused_rows(summary: dict) -> list[str]:
     for name, a in summary["agents"].items():
         for commit in a.get("commits", []):
             by_commit.setdefault(commit, []).append(name)
-    if not set(by_commit) - {here}:
+    unknown = [name for name, a in summary["agents"].items() if not a.get("commits")]
+    if not set(by_commit) - {here} and not unknown:
         return []
-    text = "; ".join(f"at `{c}`: " + ", ".join(f"`{n}`" for n in names) for c, names in by_commit.items())
-    return [f"The runs were reused from earlier invocations, trained {text}.", ""]
+    parts = [f"at `{c}`: " + ", ".join(f"`{n}`" for n in names) for c, names in by_commit.items() if c != here]
+    if unknown:  # kept from invocations before commits were recorded
+        parts.append("at a commit the record does not hold: " + ", ".join(f"`{n}`" for n in unknown))
+    if here in by_commit:
+        parts.append(f"at `{here}` (this invocation): " + ", ".join(f"`{n}`" for n in by_commit[here]))
+    return [f"The rows' runs were trained {'; '.join(parts)}.", ""]
 
 
 def _ood_factors_section(bench: dict) -> list[str]:
