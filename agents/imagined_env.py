@@ -5,9 +5,11 @@ short rollouts that start from real states so that the model's compounding error
 environment: ``n_envs`` imagined episodes run side by side through the world model's recurrent ``step`` (batched,
 one model call per vector step); each starts at a real observation drawn by ``start_sampler`` from the model's
 initial recurrent state and ends after ``horizon`` steps (a *truncation*: SB3 bootstraps from the value of the
-last observation, given as ``info["terminal_observation"]``), at a predicted termination (probability above 1/2)
-or at a non-finite prediction (truncated there, the last finite observation as the terminal one). Rewards come
-from the model's reward head.
+last observation, given as ``info["terminal_observation"]``), at a predicted termination (probability above 1/2),
+or where the prediction is *invalid*: non-finite, or (with ``bounds_margin``) outside the observation space's
+bounds widened by that fraction of their range. An invalid step is truncated at the last valid observation (the
+terminal one) with reward 0: a model that has run away from the data it was fitted on says nothing about returns,
+and a state grown without bound would overflow PPO's statistics. Rewards come from the model's reward head.
 
 Ended episodes restart at once (SB3's auto-reset convention): their rows of the recurrent state go back to the
 initial state, so the model needs a fixed-size state whose initial value is zero (the slot SSM's; the MLP has
@@ -77,9 +79,14 @@ class ImaginedVecEnv(VecEnv):
         rng: the random stream of the start-state draws (the caller's, so that draws continue across envs).
         reward_fn: optional ``next_obs (n, obs_dim) tensor -> (reward, terminated)``: the env's own reward of the
             imagined observation (PETS-style known reward) instead of the model's heads.
+        bounds_margin: ``None`` (default): only non-finite predictions are invalid. A number ``m >= 0``: so is a
+            prediction outside ``[low - m * (high - low), high + m * (high - low)]`` in a dimension whose bounds
+            are finite.
 
     Attributes:
         steps: imagined transitions produced so far.
+        episodes: imagined episodes ended so far (terminated or truncated).
+        invalid: of those, the episodes cut short by an invalid prediction.
     """
 
     def __init__(
@@ -93,9 +100,12 @@ class ImaginedVecEnv(VecEnv):
         horizon: int,
         rng: np.random.Generator,
         reward_fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        bounds_margin: float | None = None,
     ) -> None:
         if n_envs < 1 or horizon < 1:
             raise ConfigError(f"n_envs={n_envs} and horizon={horizon} must be positive integers")
+        if bounds_margin is not None and not bounds_margin >= 0:
+            raise ConfigError(f"bounds_margin={bounds_margin} must be >= 0 (or None: no bounds check)")
         self.render_mode = None  # read by VecEnv's constructor (get_attr): nothing to render
         super().__init__(n_envs, observation_space, action_space)
         self.model, self.norm, self.horizon = model, norm, int(horizon)
@@ -106,7 +116,19 @@ class ImaginedVecEnv(VecEnv):
         self._x: torch.Tensor | None = None
         self._t = np.zeros(n_envs, dtype=np.int64)
         self._actions: np.ndarray | None = None
-        self.steps = 0
+        self._low, self._high = self._widened_bounds(observation_space, bounds_margin)
+        self.steps = self.episodes = self.invalid = 0
+
+    @staticmethod
+    def _widened_bounds(space: spaces.Box, margin: float | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The flat observation bounds widened by ``margin`` of their range (infinite where a bound is)."""
+        if margin is None:
+            return None, None
+        low, high = (np.asarray(b, dtype=np.float64).reshape(-1) for b in (space.low, space.high))
+        with np.errstate(invalid="ignore", over="ignore"):
+            span = high - low
+            pad = np.where(np.isfinite(span), margin * span, np.inf)
+        return torch.as_tensor(low - pad, dtype=torch.float32), torch.as_tensor(high + pad, dtype=torch.float32)
 
     # ------------------------------------------------------------------ episodes
     def _starts(self, n: int) -> torch.Tensor:
@@ -142,13 +164,17 @@ class ImaginedVecEnv(VecEnv):
             reward, terminated = self.reward_fn(nxt)
         else:
             reward, terminated = pred.reward, pred.termination_logit > 0
-        finite = torch.isfinite(nxt).all(-1) & torch.isfinite(reward)
-        nxt = torch.where(finite[:, None], nxt, x)
-        reward = torch.where(finite, reward, torch.zeros_like(reward))
-        terminated = terminated.bool() & finite
+        valid = torch.isfinite(nxt).all(-1) & torch.isfinite(reward)
+        if self._low is not None:
+            valid &= ((nxt >= self._low) & (nxt <= self._high)).all(-1)
+        nxt = torch.where(valid[:, None], nxt, x)
+        reward = torch.where(valid, reward, torch.zeros_like(reward))
+        terminated = terminated.bool() & valid
         self._t += 1
-        truncated = (self._t >= self.horizon) | ~finite.numpy()
+        truncated = (self._t >= self.horizon) | ~valid.numpy()
         done = terminated.numpy() | truncated
+        self.episodes += int(done.sum())
+        self.invalid += int((~valid).sum())
         infos: list[dict[str, Any]] = [{} for _ in range(n)]
         obs = nxt.clone()
         if done.any():

@@ -84,6 +84,15 @@ _FORMAT = "cwm_rl.sb3_agent"
 # --------------------------------------------------------------------------------------------------- algorithms
 
 
+def quiet_unlogged(model: BaseAlgorithm) -> None:
+    """Give an SB3 model that logs nowhere (no TensorBoard folder, ``verbose=0``) a logger without outputs.
+
+    SB3 would configure one that writes nothing yet creates an empty ``$TMPDIR/SB3-<time>`` folder on every
+    ``learn()`` call; a logger with no outputs and no folder is the same minus the litter."""
+    if model.tensorboard_log is None and model.verbose == 0:
+        model.set_logger(Logger(folder=None, output_formats=[]))
+
+
 def check_algo(algo: str) -> str:
     """Return the canonical (lower-case) name of ``algo`` or raise :class:`InvalidArgumentError` listing them."""
     name = algo.lower() if isinstance(algo, str) else algo
@@ -380,10 +389,7 @@ class SB3Agent:
             raise InvalidArgumentError(f"total_env_steps={total_env_steps!r} must be a positive integer")
         if total_env_steps < 1:
             raise InvalidArgumentError(f"total_env_steps={total_env_steps} must be a positive integer")
-        if self.model.tensorboard_log is None and self.model.verbose == 0:
-            # SB3 would configure a logger that writes nothing yet creates an empty $TMPDIR/SB3-<time> folder on
-            # every learn() call; a logger with no outputs and no folder is the same minus the litter.
-            self.model.set_logger(Logger(folder=None, output_formats=[]))
+        quiet_unlogged(self.model)
         with torch_threads(self.threads):
             self.model.learn(
                 total_timesteps=int(total_env_steps),

@@ -45,7 +45,7 @@ from cwm_rl.models.world_model import SlotModelConfig
 
 from .imagined_env import ImaginedVecEnv, restartable_state
 from .model_based import REWARD_SOURCES, check_observations, env_defaults
-from .sb3_baselines import _first_line, load_hyperparams
+from .sb3_baselines import _first_line, load_hyperparams, quiet_unlogged
 from .sequence_buffer import SequenceBuffer
 from .world_model_learner import (
     EnvLayout,
@@ -84,6 +84,10 @@ class SimPLeConfig:
         horizon: steps of an imagined episode before it is truncated (PPO bootstraps from its value there);
             SimPLe's short rollouts from real states keep the model's compounding error small.
         imagined_steps: PPO's env steps in the model after every refit.
+        bounds_margin: an imagined episode is truncated (at its last valid state, reward 0) where the model
+            predicts a state outside the observation space's bounds widened by this fraction of their range, as at
+            a non-finite one (:class:`~cwm_rl.agents.imagined_env.ImaginedVecEnv`): a model that has left the data
+            it was fitted on says nothing about returns, and a runaway state would overflow PPO's statistics.
         reward: how imagined steps are rewarded: ``model`` (the world model's reward and termination heads) or
             ``env`` (the env's reward function of the imagined observation, where it has one), as the MPC agent's.
         threads: torch CPU threads.
@@ -110,6 +114,7 @@ class SimPLeConfig:
     imagined_envs: int = 64
     horizon: int = 50
     imagined_steps: int = 100_000
+    bounds_margin: float = 0.5
     reward: str = "model"
     threads: int = 1
     slot: SlotModelConfig = field(default_factory=lambda: SlotModelConfig(d_model=32))
@@ -133,6 +138,8 @@ def check_simple_config(cfg: SimPLeConfig) -> None:
         raise ConfigError(f"buffer_size={cfg.buffer_size} must hold at least window * n_envs transitions")
     if cfg.reward not in REWARD_SOURCES:
         raise ConfigError(f"reward={cfg.reward!r} is not one of {', '.join(REWARD_SOURCES)}")
+    if not cfg.bounds_margin >= 0:
+        raise ConfigError(f"bounds_margin={cfg.bounds_margin} must be >= 0 (a large value turns the check off)")
     check_loss_weights(cfg)
     for key in cfg.ppo_kwargs:
         if key in _RESERVED_PPO:
@@ -219,6 +226,7 @@ class SimPLeAgent(LearnerViews):
             cfg.horizon,
             rng=self._start_rng,
             reward_fn=reward_fn,
+            bounds_margin=cfg.bounds_margin,
         )
 
     def _new_ppo(self) -> PPO:
@@ -303,10 +311,13 @@ class SimPLeAgent(LearnerViews):
         start = time.perf_counter()
         env = self._imagined_env()
         self.ppo.set_env(env, force_reset=True)
+        quiet_unlogged(self.ppo)
         self.ppo.learn(int(steps), reset_num_timesteps=False, tb_log_name="simple_ppo")
         self.policy_rounds += 1
         self.imagined += env.steps
         self._emit("simple/imagined_steps", float(env.steps))
+        # the share of imagined episodes the model ended by running out of bounds: high means PPO trains on stubs
+        self._emit("simple/invalid_episode_frac", env.invalid / max(1, env.episodes))
         self._emit("simple/policy_seconds", time.perf_counter() - start)
 
     def world_model_metrics(self, transitions: int = 1000, horizons: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:

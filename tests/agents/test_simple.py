@@ -54,15 +54,16 @@ def _identity_norm(obs_dim: int) -> Normalizer:
     return Normalizer(zeros, ones, zeros, ones)
 
 
-def _drift_env(n: int = 3, horizon: int = 3) -> ImaginedVecEnv:
+def _drift_env(n: int = 3, horizon: int = 3, **kwargs) -> ImaginedVecEnv:
     starts = iter(range(1000))
 
     def sampler(k, rng):  # start states 0, 1, 2, ... (first entry), so every restart is visible
         return np.array([[next(starts), 0.0] for _ in range(k)], np.float32)
 
     obs_space = spaces.Box(-100, 100, (2,), np.float32)
-    env = ImaginedVecEnv(_Drift(), _identity_norm(2), obs_space, spaces.Discrete(3), sampler, n, horizon, rng=None)
-    return env
+    return ImaginedVecEnv(
+        _Drift(), _identity_norm(2), obs_space, spaces.Discrete(3), sampler, n, horizon, rng=None, **kwargs
+    )
 
 
 def test_imagined_episodes_follow_the_model_truncate_at_the_horizon_and_restart_from_real_states():
@@ -94,6 +95,37 @@ def test_a_non_finite_prediction_truncates_the_episode_at_its_last_finite_state(
     obs, reward, done, infos = env.step(np.array([1, 1]))
     assert done.all() and all(info["TimeLimit.truncated"] for info in infos)
     assert infos[0]["terminal_observation"][0] == 0 and reward.tolist() == [0, 0]
+
+
+def test_a_state_leaving_the_widened_bounds_truncates_the_episode_at_its_last_valid_state():
+    # bounds [-100, 100] widened by 0.01 of their range: valid up to 102; the drift adds the action per step
+    env = _drift_env(n=3, horizon=10, bounds_margin=0.01)
+    env.model.step = lambda state, obs, action, mask=None: (
+        Prediction(
+            action.float()[:, None] * torch.tensor([50.0, 0.0]),
+            torch.ones(len(obs)),
+            torch.full((len(obs),), -10.0),
+            None,
+            torch.zeros(()),
+        ),
+        None,
+    )
+    env.reset()  # first entries 0, 1, 2
+    obs, reward, done, _ = env.step(np.array([2, 2, 0]))  # 100, 101, 2: all inside
+    assert not done.any() and reward.tolist() == [1, 1, 1]
+    obs, reward, done, infos = env.step(np.array([0, 1, 0]))  # 100, 151 (outside: cut at 101), 2
+    assert done.tolist() == [False, True, False] and infos[1]["TimeLimit.truncated"] is True
+    assert infos[1]["terminal_observation"][0] == 101 and reward.tolist() == [1, 0, 1]
+    assert (env.episodes, env.invalid) == (1, 1)
+    # without a margin, the same step is valid
+    plain = _drift_env(n=1, horizon=10)
+    plain.model.step = env.model.step
+    plain.reset()
+    _, _, done, _ = plain.step(np.array([2]))
+    _, _, done, _ = plain.step(np.array([2]))  # 200: far outside the bounds, still finite
+    assert not done.any() and plain.invalid == 0
+    with pytest.raises(ConfigError, match="bounds_margin=-1 must be >= 0"):
+        _drift_env(bounds_margin=-1)
 
 
 def test_restart_rows_zeroes_the_slot_ssm_state_of_the_restarted_episodes_only():
@@ -202,6 +234,7 @@ def test_env_defaults_then_user_overrides():
     [
         (["simple.horizon=0"], "horizon=0 must be a positive integer"),
         (["simple.imagined_envs=-1"], "imagined_envs=-1 must be a positive integer"),
+        (["simple.bounds_margin=-0.5"], "bounds_margin=-0.5 must be >= 0"),
         (["simple.horizn=5"], "did you mean 'simple.horizon'"),
         (["simple.reward=env"], "has no reward function of the observation"),
         (["simple.ppo_kwargs={n_envs: 4}"], "use simple.imagined_envs"),
