@@ -46,6 +46,7 @@ Usage::
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
     D=runs/sample_efficiency/full/pusher; python benchmarks/ood_factors.py $D/causal-mpc-? $D/mlp-mpc-? \
         --out docs/ood_factors.json                                                # after sample_efficiency.py
+    python benchmarks/ood_model_factors.py --out docs/ood_model_factors.json   # ~15 min
     python benchmarks/make_results.py            # writes docs/results.md
 """
 
@@ -322,6 +323,53 @@ def _ood_factors_section(bench: dict) -> list[str]:
                 for s in settings[1:]
             ]
             lines.append(f"| {r['group']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _ood_model_section(bench: dict) -> list[str]:
+    m, cfg = bench["machine"], bench["config"]
+    horizon = max(cfg["horizons"])
+    key = f"open_loop_mse_{horizon}"
+    lines = [
+        "## OOD twins, one change at a time: the world models themselves",
+        "",
+        "`benchmarks/ood_model_factors.py`: the sparse slot SSM (`cwm-rl wm-train`'s defaults), the same model "
+        "without its sparsity penalty (dense) and the MLP, "
+        f"trained on {cfg['transitions']:,} random-policy transitions of the base env (seeds "
+        f"{', '.join(map(str, cfg['seeds']))}), then judged on {cfg['eval_transitions']:,} fresh random-policy "
+        "transitions of the base env, of the base env with each argument the `-OOD-v0` twin changes set alone, and of "
+        f"the twin (the same seed for each). Cells: {horizon}-step open-loop prediction error per slot (mean squared "
+        "error in the base data's normalised units), mean ± std over seeds, and in brackets the mean over seeds of "
+        "each seed's ratio to its own base-env error. A change to a part that no other part reads should leave the "
+        "other slots' errors where they were in a model that has learned so; a dense model reads every input for "
+        f"every output. On {_machine(m)}, torch {m['torch']}.",
+        "",
+    ]
+    for env_id, settings in bench["factors"].items():
+        names = list(settings)
+        by_variant = bench["summary"].get(env_id, {})
+        lines += [
+            f"**`{env_id}`**",
+            "",
+            "| model | slot | " + " | ".join(f"`{s}`" if "=" in s else s for s in names) + " |",
+            "|---|---|" + "---:|" * len(names),
+        ]
+        for variant, row in by_variant.items():
+            cells = row["settings"]
+            slots = [k.split("/", 1)[1] for k in cells["base"] if k.startswith(key + "/")]
+            for slot in [*slots, None]:
+                k = key if slot is None else f"{key}/{slot}"
+                values = [
+                    f"{cells[s][k]['mean']:.3f} ± {cells[s][k]['std']:.3f}"
+                    + (
+                        ""
+                        if s == "base" or cells[s][k]["ratio_mean"] is None
+                        else f" (x{cells[s][k]['ratio_mean']:.2f})"
+                    )
+                    for s in names
+                ]
+                lines.append(f"| {variant} | {slot or '**all**'} | " + " | ".join(values) + " |")
         lines.append("")
     return lines
 
@@ -779,6 +827,9 @@ def main() -> int:
     factors = _load("ood_factors.json")
     if factors:
         lines += _ood_factors_section(factors)
+    model_factors = _load("ood_model_factors.json")
+    if model_factors and not model_factors["config"]["quick"]:
+        lines += _ood_model_section(model_factors)
     memory = _load("memory_bound.json")
     if memory:
         lines += _memory_section(memory)

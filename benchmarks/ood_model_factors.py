@@ -1,4 +1,4 @@
-"""World models under each change of an OOD twin, slot by slot: causal (sparse slot SSM) vs dense (MLP).
+"""World models under each change of an OOD twin, slot by slot: causal (sparse slot SSM) vs dense (slot, MLP).
 
 Usage::
 
@@ -16,8 +16,8 @@ after such a change as before it; a dense model, whose every output reads every 
 takes the changed slot's values outside what it was trained on.
 
 For each env: random-policy data of the base env (``--transitions``, seed 0, as ``wm_comparison.py``), and per seed
-the sparse slot SSM (``cwm-rl wm-train``'s defaults) and the dense MLP trained on it (Pong: wm-train's default
-steps; the other envs: 1,500, as ``wm_comparison.py``). Then for each setting (the base env, each argument the twin
+the sparse slot SSM (``cwm-rl wm-train``'s defaults), the same model without the sparsity penalty and the dense
+MLP trained on it (Pong: wm-train's default steps; the other envs: 1,500, as ``wm_comparison.py``). Then for each setting (the base env, each argument the twin
 changes set alone, all of them: the twin; :func:`ood_factors.factors`) fresh random-policy transitions
 (``--eval-transitions``, seed 10,000, the same for every setting), and ``cwm-rl wm-eval``'s open-loop prediction
 error at 1, 5 and 10 steps per slot (mean squared error in the base data's normalised observation units).
@@ -46,7 +46,12 @@ from cwm_rl.data import collect  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, evaluate_run, train_world_model  # noqa: E402
 
 ENVS = ["cwm/InterventionalPong-v0", "cwm/Pusher2D-v0"]
-MODELS = {"slot-ssm (sparse)": ("slot-ssm", WMTrainConfig().sparsity_weight), "mlp": ("mlp", 0.0)}
+# the causal model, the same slot model without its sparsity penalty (is it the graph or the slots?), the dense MLP
+MODELS = {
+    "slot-ssm (sparse)": ("slot-ssm", WMTrainConfig().sparsity_weight),
+    "slot-ssm (dense)": ("slot-ssm", 0.0),
+    "mlp": ("mlp", 0.0),
+}
 HORIZONS = (1, 5, 10)
 EVAL_SEED = 10_000
 QUICK = {"seeds": [0], "transitions": 3000, "eval_transitions": 1000, "steps": 100}
@@ -87,7 +92,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         sparsity_weight=sparsity,
         threads=1,
     )
-    run_dir = Path(task["tmp"]) / f"{Path(task['data']).name}-{model}-{task['seed']}"
+    run_dir = Path(task["tmp"]) / f"{Path(task['data']).name}-{model}-{sparsity}-{task['seed']}"
     start = time.perf_counter()
     train_world_model(cfg, run_dir, progress=False)
     settings = {}
@@ -114,7 +119,7 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per env, model, setting and key: mean and std over seeds, and the mean over seeds of each seed's ratio to
-    its own base-env error (how much the setting costs that model)."""
+    its own base-env error (how much the setting costs that model; ``None`` where the base error is 0)."""
     out: dict[str, Any] = {}
     for r in runs:
         out.setdefault(r["env_id"], {}).setdefault(r["variant"], []).append(r)
@@ -126,12 +131,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for name in rs[0]["settings"]:
                 for key in rs[0]["settings"][name]:
                     values = [r["settings"][name][key] for r in rs]
-                    ratios = [r["settings"][name][key] / max(r["settings"]["base"][key], 1e-12) for r in rs]
-                    cells.setdefault(name, {})[key] = {
+                    bases = [r["settings"]["base"][key] for r in rs]
+                    ratios = [v / b for v, b in zip(values, bases, strict=True)] if min(bases) > 1e-9 else None
+                    cells.setdefault(name, {})[key] = {  # no ratio for a slot the model predicts exactly (a constant)
                         "mean": float(np.mean(values)),
                         "std": float(np.std(values)),
-                        "ratio_mean": float(np.mean(ratios)),
-                        "ratio_std": float(np.std(ratios)),
+                        "ratio_mean": float(np.mean(ratios)) if ratios else None,
+                        "ratio_std": float(np.std(ratios)) if ratios else None,
                     }
             summary[env_id][variant] = {"seeds": [r["seed"] for r in rs], "settings": cells}
     return summary
