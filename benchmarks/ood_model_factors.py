@@ -17,10 +17,11 @@ takes the changed slot's values outside what it was trained on.
 
 For each env: random-policy data of the base env (``--transitions``, seed 0, as ``wm_comparison.py``), and per seed
 the sparse slot SSM (``cwm-rl wm-train``'s defaults), the same model without the sparsity penalty and the dense
-MLP trained on it (Pong: wm-train's default steps; the other envs: 1,500, as ``wm_comparison.py``). Then for each setting (the base env, each argument the twin
-changes set alone, all of them: the twin; :func:`ood_factors.factors`) fresh random-policy transitions
-(``--eval-transitions``, seed 10,000, the same for every setting), and ``cwm-rl wm-eval``'s open-loop prediction
-error at 1, 5 and 10 steps per slot (mean squared error in the base data's normalised observation units).
+MLP trained on it (Pong: wm-train's default steps; the other envs: 1,500, as ``wm_comparison.py``). Then for each
+setting (the base env, each argument the twin changes set alone, all of them: the twin; :func:`ood_factors.factors`)
+fresh random-policy transitions (``--eval-transitions``, seed 10,000, the same for every setting), and ``cwm-rl
+wm-eval``'s open-loop prediction error at 1, 5 and 10 steps per slot (mean squared error in the base data's
+normalised observation units).
 Runs are independent processes, ``--jobs`` at a time, one torch thread each.
 """
 
