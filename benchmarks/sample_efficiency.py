@@ -89,7 +89,10 @@ SETUPS: dict[str, dict[str, Any]] = {
     },
     "pusher": {
         "env_id": "cwm/Pusher2D-v0",
-        "baseline": ("sac", 30_000),
+        # SAC's budget was 30,000 steps to session 20, where its return was within 2.3 of random play's; one seed run
+        # to 150,000 began to learn after about 120,000 (docs/design_notes.md, "Pusher2D, session 12"), so since
+        # session 21 the target is SAC's return at 150,000 steps
+        "baseline": ("sac", 150_000),
         "model_based": (("causal-mpc", "mlp-mpc"), 6_000),
         "dyna": 6_000,
         "episodes": 5,
