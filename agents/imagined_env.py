@@ -6,10 +6,12 @@ environment: ``n_envs`` imagined episodes run side by side through the world mod
 one model call per vector step); each starts at a real observation drawn by ``start_sampler`` from the model's
 initial recurrent state and ends after ``horizon`` steps (a *truncation*: SB3 bootstraps from the value of the
 last observation, given as ``info["terminal_observation"]``), at a predicted termination (probability above 1/2),
-or where the prediction is *invalid*: non-finite, or (with ``bounds_margin``) outside the observation space's
-bounds widened by that fraction of their range. An invalid step is truncated at the last valid observation (the
-terminal one) with reward 0: a model that has run away from the data it was fitted on says nothing about returns,
-and a state grown without bound would overflow PPO's statistics. Rewards come from the model's reward head.
+or where the prediction is *invalid*, truncated there: a model that has run away from the data it was fitted on
+says nothing about what follows, and a state grown without bound would overflow PPO's statistics. A non-finite
+prediction ends the episode at the last finite observation, with reward 0. With ``bounds_margin``, so does a
+prediction outside the observation space's bounds widened by that fraction of their range, at the prediction
+clipped into them and with the step's reward kept (predicted from a valid state: zeroing it would hide, say, the
+point that sent a score out of its range). Rewards come from the model's reward head (or ``reward_fn``).
 
 Ended episodes restart at once (SB3's auto-reset convention): their rows of the recurrent state go back to the
 initial state, so the model needs a fixed-size state whose initial value is zero (the slot SSM's; the MLP has
@@ -81,7 +83,7 @@ class ImaginedVecEnv(VecEnv):
             imagined observation (PETS-style known reward) instead of the model's heads.
         bounds_margin: ``None`` (default): only non-finite predictions are invalid. A number ``m >= 0``: so is a
             prediction outside ``[low - m * (high - low), high + m * (high - low)]`` in a dimension whose bounds
-            are finite.
+            are finite; the episode ends at the prediction clipped into that box, the step's reward kept.
 
     Attributes:
         steps: imagined transitions produced so far.
@@ -160,15 +162,21 @@ class ImaginedVecEnv(VecEnv):
         pred, self._state = consuming_step(self.model)(self._state, self.norm.obs(x), self.norm.action(a))
         self.model.train(was_training)
         nxt = x + self.norm.unnormalize_delta(pred.delta)
+        finite = torch.isfinite(nxt).all(-1)
+        valid = finite.clone()
+        if self._low is not None:  # out of bounds: the episode ends at the state clipped into the widened bounds
+            valid &= ((nxt >= self._low) & (nxt <= self._high)).all(-1)
+            nxt = torch.clamp(nxt, self._low, self._high)
+        nxt = torch.where(finite[:, None], nxt, x)  # non-finite: it ends at the last finite state
         if self.reward_fn is not None:
             reward, terminated = self.reward_fn(nxt)
         else:
             reward, terminated = pred.reward, pred.termination_logit > 0
-        valid = torch.isfinite(nxt).all(-1) & torch.isfinite(reward)
-        if self._low is not None:
-            valid &= ((nxt >= self._low) & (nxt <= self._high)).all(-1)
-        nxt = torch.where(valid[:, None], nxt, x)
-        reward = torch.where(valid, reward, torch.zeros_like(reward))
+        # the step's reward stands where the state is finite (the model predicted it from a valid state); a model
+        # that has blown up says nothing
+        finite &= torch.isfinite(reward)
+        valid &= finite
+        reward = torch.where(finite, reward, torch.zeros_like(reward))
         terminated = terminated.bool() & valid
         self._t += 1
         truncated = (self._t >= self.horizon) | ~valid.numpy()

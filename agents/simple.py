@@ -84,10 +84,10 @@ class SimPLeConfig:
         horizon: steps of an imagined episode before it is truncated (PPO bootstraps from its value there);
             SimPLe's short rollouts from real states keep the model's compounding error small.
         imagined_steps: PPO's env steps in the model after every refit.
-        bounds_margin: an imagined episode is truncated (at its last valid state, reward 0) where the model
-            predicts a state outside the observation space's bounds widened by this fraction of their range, as at
-            a non-finite one (:class:`~cwm_rl.agents.imagined_env.ImaginedVecEnv`): a model that has left the data
-            it was fitted on says nothing about returns, and a runaway state would overflow PPO's statistics.
+        bounds_margin: an imagined episode is truncated where the model predicts a state outside the observation
+            space's bounds widened by this fraction of their range (at that state clipped into them, the step's
+            reward kept; :class:`~cwm_rl.agents.imagined_env.ImaginedVecEnv`): a model that has left the data it was
+            fitted on says nothing about what follows, and a runaway state would overflow PPO's statistics.
         reward: how imagined steps are rewarded: ``model`` (the world model's reward and termination heads) or
             ``env`` (the env's reward function of the imagined observation, where it has one), as the MPC agent's.
         threads: torch CPU threads.

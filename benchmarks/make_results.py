@@ -17,6 +17,10 @@ Usage::
     python benchmarks/sample_efficiency.py --out docs/sample_efficiency.json   # ~6 h on 2 cores (with variants)
     python benchmarks/sample_efficiency.py --envs pusher --only causal-mpc mlp-mpc \
         --out docs/sample_efficiency.json     # session 19: the new Pusher2D defaults' rows, ~90 min, 3 jobs
+    python benchmarks/sample_efficiency.py --envs pong --only ppo causal-simple mlp-simple --seeds 0 1 2 3 4 \
+        --out docs/sample_efficiency.json     # session 21: SimPLe rows (and their target) on 5 seeds, ~40 min
+    python benchmarks/sample_efficiency.py --envs pusher --only sac \
+        --out docs/sample_efficiency.json     # session 21: SAC at 150,000 steps, ~80 min, 3 jobs
     D=runs/sample_efficiency/full/pusher; python benchmarks/pusher_model_diagnosis.py --steps 20000 --updates 5000 \
         --agent-runs $D/mlp-mpc+env-reward+l1-0 $D/mlp-mpc+env-reward+l1+long-fit-0 $D/causal-mpc+env-reward+l1-0 \
         $D/causal-mpc+env-reward+l1+deep+long-fit-0 $D/causal-mpc+env-reward+l1+deep+long-fit-2 \

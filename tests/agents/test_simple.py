@@ -97,7 +97,7 @@ def test_a_non_finite_prediction_truncates_the_episode_at_its_last_finite_state(
     assert infos[0]["terminal_observation"][0] == 0 and reward.tolist() == [0, 0]
 
 
-def test_a_state_leaving_the_widened_bounds_truncates_the_episode_at_its_last_valid_state():
+def test_a_state_leaving_the_widened_bounds_ends_the_episode_clipped_into_them():
     # bounds [-100, 100] widened by 0.01 of their range: valid up to 102; the drift adds the action per step
     env = _drift_env(n=3, horizon=10, bounds_margin=0.01)
     env.model.step = lambda state, obs, action, mask=None: (
@@ -113,9 +113,9 @@ def test_a_state_leaving_the_widened_bounds_truncates_the_episode_at_its_last_va
     env.reset()  # first entries 0, 1, 2
     obs, reward, done, _ = env.step(np.array([2, 2, 0]))  # 100, 101, 2: all inside
     assert not done.any() and reward.tolist() == [1, 1, 1]
-    obs, reward, done, infos = env.step(np.array([0, 1, 0]))  # 100, 151 (outside: cut at 101), 2
+    obs, reward, done, infos = env.step(np.array([0, 1, 0]))  # 100, 151 (outside: ends clipped to 102), 2
     assert done.tolist() == [False, True, False] and infos[1]["TimeLimit.truncated"] is True
-    assert infos[1]["terminal_observation"][0] == 101 and reward.tolist() == [1, 0, 1]
+    assert infos[1]["terminal_observation"][0] == 102 and reward.tolist() == [1, 1, 1]  # the step's reward stands
     assert (env.episodes, env.invalid) == (1, 1)
     # without a margin, the same step is valid
     plain = _drift_env(n=1, horizon=10)
