@@ -384,6 +384,17 @@ def _variant_settings(overrides: dict, base: dict) -> str:
     return (" with " + ", ".join(f"`{k}={v}`" for k, v in own.items())) if own else " as they were"
 
 
+def _seed_counts(bench: dict) -> str:
+    """`` (rows of 3 or 5 seeds: ...)`` where rows were run on different numbers of seeds, else nothing."""
+    counts = sorted({len(a["seeds"]) for summary in bench["summaries"].values() for a in summary["agents"].values()})
+    if len(counts) < 2:
+        return ""
+    return (
+        f" (rows of {' or '.join(map(str, counts))} seeds: one entry per seed under *steps to target*; the target is "
+        "the mean over the baseline's seeds)"
+    )
+
+
 def _sample_efficiency_section(bench: dict) -> list[str]:
     m = bench["machine"]
     lines = [
@@ -392,6 +403,7 @@ def _sample_efficiency_section(bench: dict) -> list[str]:
         "`benchmarks/sample_efficiency.py`: every agent trained with `cwm-rl train`'s API at its shipped defaults "
         "(`agents/configs`), seeds "
         + ", ".join(str(s) for s in sorted({r["seed"] for r in bench["runs"]}))
+        + _seed_counts(bench)
         + ", evaluated with the fixed protocol (deterministic episodes on fixed-seed eval envs), then scored on the "
         "env's `-OOD-v0` twin. *Target*: the baseline's final return at its full budget (mean over seeds). "
         "*Speed-up*: baseline budget / the env steps at which the agent's mean-over-seeds curve first reaches the "
