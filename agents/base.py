@@ -21,6 +21,8 @@ class Agent(Protocol):
       that many env steps in total (counted over all sub-envs), calling ``callback`` as SB3 does.
     * ``predict(obs, deterministic=True)`` — actions for a batch of observations ``(n_envs, *obs_shape)``.
     * ``save(path)`` / ``load(path)`` — one file, written atomically.
+    * optional ``start_evaluation(n_envs)`` — called before each evaluation by
+      :func:`~cwm_rl.agents.evaluation.evaluate_agent`, for agents whose acting carries state between calls.
     """
 
     env_id: str

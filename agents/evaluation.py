@@ -24,7 +24,13 @@ def evaluate_agent(
     env_kwargs: dict[str, Any] | None = None,
     deterministic: bool = True,
 ) -> dict[str, Any]:
-    """Mean, std and list of episode returns (and lengths) of ``agent.predict`` on ``episodes`` fresh episodes."""
+    """Mean, std and list of episode returns (and lengths) of ``agent.predict`` on ``episodes`` fresh episodes.
+
+    An agent whose acting carries state from one call to the next (the MPC agents' planners: warm starts, random
+    streams) may define ``start_evaluation(n_envs)``; it is called first, so that each evaluation starts alike."""
+    start = getattr(agent, "start_evaluation", None)
+    if callable(start):
+        start(episodes)
     venv, _ = make_vector_env(env_id, episodes, dict(env_kwargs or {}))
     try:
         obs, _ = venv.reset(seed=EVAL_SEED_OFFSET + seed)

@@ -227,6 +227,13 @@ class MPCAgent(LearnerViews):
         with edge_mode(self.model, "learned" if self.config.imagination_mask else "soft"):
             return planner.plan(lambda actions: imagination.returns(obs, actions))
 
+    def start_evaluation(self, n_envs: int) -> None:
+        """Start the evaluation planner for ``n_envs`` afresh, seeded as when first made and with no warm start
+        (:func:`~cwm_rl.agents.evaluation.evaluate_agent` calls this before an evaluation's first step). An
+        evaluation then depends only on the model and the evaluation envs: a reloaded agent scores what the
+        training script's evaluation of it scored, and evaluating twice gives the same number twice."""
+        self._planners.pop(n_envs, None)
+
     def _planner(self, batch: int) -> Any:
         """The planner for outside callers (evaluation) with ``batch`` envs; training has its own, so evaluation
         never disturbs the training envs' warm starts or the planner's random stream."""

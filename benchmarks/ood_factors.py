@@ -60,8 +60,9 @@ def scored_already(run: Path, episodes: int) -> dict[str, float]:
     """Settings already scored the way this benchmark scores them (the saved agent freshly loaded, the fixed
     protocol), so they need not be replayed (an evaluation plans every step): the twin, in the sample-efficiency
     benchmark's ``ood_eval.json`` (:func:`cwm_rl.agents.compare.evaluate_run`). The training script's final
-    evaluation is not reused for the base env: it ran on the agent as it was during training, whose planner's
-    random stream differs from the saved one's, so it can differ a little from a replay."""
+    evaluation is not reused for the base env: in runs trained before session 21 it ran on the agent as it was
+    during training, whose planner's random stream differs from the saved one's, so it can differ a little from a
+    replay (since then every evaluation starts the planner afresh: ``MPCAgent.start_evaluation``)."""
     import json
 
     if (run / "ood_eval.json").is_file():

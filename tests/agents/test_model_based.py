@@ -248,6 +248,24 @@ def test_save_load_round_trip(trained_agent, tmp_path):
         MPCAgent.load(path, env_id="cwm/Chemistry-v0")
 
 
+def test_every_evaluation_starts_alike_so_a_reloaded_agent_scores_the_same(tmp_path):
+    """CEM's continuous plans depend on its random stream and warm start: each evaluation restarts them."""
+    from cwm_rl.agents.evaluation import evaluate_agent
+
+    agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=3)
+    agent.learn(80)
+    obs = np.asarray(agent._obs)
+    agent.start_evaluation(2)
+    plan = agent.predict(obs)
+    assert not np.array_equal(agent.predict(obs), plan)  # the planner's state moved on
+    agent.start_evaluation(2)
+    np.testing.assert_array_equal(agent.predict(obs), plan)  # ... and starts afresh
+    first = evaluate_agent(agent, "cwm/Pusher2D-v0", episodes=2, seed=3)
+    again = evaluate_agent(agent, "cwm/Pusher2D-v0", episodes=2, seed=3)
+    reloaded = evaluate_agent(MPCAgent.load(agent.save(tmp_path / "agent.pt")), "cwm/Pusher2D-v0", episodes=2, seed=3)
+    assert first["returns"] == again["returns"] == reloaded["returns"]
+
+
 def test_continuous_env_plans_inside_the_box():
     agent = MPCAgent("cwm/Pusher2D-v0", mpc_config_for("causal-mpc", TINY), seed=0)
     agent.learn(80)
