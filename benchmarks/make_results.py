@@ -50,6 +50,8 @@ Usage::
     python benchmarks/coda_validity.py runs/coda_dyna/full/pong/coda1000-* --json docs/coda_validity.json
     D=runs/sample_efficiency/full/pusher; python benchmarks/ood_factors.py $D/causal-mpc-? $D/mlp-mpc-? \
         --out docs/ood_factors.json                                                # after sample_efficiency.py
+    D=runs/sample_efficiency/full/pong; python benchmarks/ood_factors.py $D/causal-simple-? $D/mlp-simple-? \
+        $D/ppo-? --episodes 20 --out docs/ood_factors_pong.json                  # session 21
     python benchmarks/ood_model_factors.py --out docs/ood_model_factors.json   # ~15 min
     python benchmarks/make_results.py            # writes docs/results.md
 """
@@ -300,34 +302,35 @@ def _reused_rows(summary: dict) -> list[str]:
     return [f"The rows' runs were trained {'; '.join(parts)}.", ""]
 
 
-def _ood_factors_section(bench: dict) -> list[str]:
-    m = bench["machine"]
+def _ood_factors_section(benches: list[dict]) -> list[str]:
+    m = benches[0]["machine"]
     lines = [
         "## OOD twins, one change at a time",
         "",
         "`benchmarks/ood_factors.py`: the sample-efficiency runs' saved agents, scored with the fixed protocol "
-        f"({bench['episodes']} deterministic episodes, the training script's evaluation seeds) on the base env, on "
-        "the base env with each argument the `-OOD-v0` twin changes set alone, and on the twin; mean ± std over "
-        "seeds, in brackets the change against the base env (mean ± std over seeds of each seed's change). A causal "
-        "model should lose nothing where the change is to a part that touches nothing the task needs, and may lose "
-        f"like a dense one where a mechanism it uses changes. On {_machine(m)}, torch {m['torch']}.",
+        "(deterministic episodes, the training script's evaluation seeds; episodes per setting under each env) on the "
+        "base env, on the base env with each argument the `-OOD-v0` twin changes set alone, and on the twin; mean ± "
+        "std over seeds, in brackets the change against the base env (mean ± std over seeds of each seed's change). "
+        "A causal model should lose nothing where the change is to a part that touches nothing the task needs, and "
+        f"may lose like a dense one where a mechanism it uses changes. On {_machine(m)}, torch {m['torch']}.",
         "",
     ]
-    for env_id, settings in bench["factors"].items():
-        rows = [r for r in bench["rows"] if r["env_id"] == env_id]
-        lines += [
-            f"**`{env_id}`**",
-            "",
-            "| agent | seeds | " + " | ".join(f"`{s}`" if "=" in s else s for s in settings) + " |",
-            "|---|---:|" + "---:|" * len(settings),
-        ]
-        for r in rows:
-            cells = [f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f}" for s in settings[:1]] + [
-                f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f} ({r[s]['change_mean']:+.2f} ± {r[s]['change_std']:.2f})"
-                for s in settings[1:]
+    for bench in benches:
+        for env_id, settings in bench["factors"].items():
+            rows = [r for r in bench["rows"] if r["env_id"] == env_id]
+            lines += [
+                f"**`{env_id}`** ({bench['episodes']} episodes per setting)",
+                "",
+                "| agent | seeds | " + " | ".join(f"`{s}`" if "=" in s else s for s in settings) + " |",
+                "|---|---:|" + "---:|" * len(settings),
             ]
-            lines.append(f"| {r['group']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
-        lines.append("")
+            for r in rows:
+                cells = [f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f}" for s in settings[:1]] + [
+                    f"{r[s]['mean']:.2f} ± {r[s]['std']:.2f} ({r[s]['change_mean']:+.2f} ± {r[s]['change_std']:.2f})"
+                    for s in settings[1:]
+                ]
+                lines.append(f"| {r['group']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+            lines.append("")
     return lines
 
 
@@ -840,7 +843,7 @@ def main() -> int:
     sample_efficiency = _load("sample_efficiency.json")
     if sample_efficiency and not sample_efficiency["quick"]:
         lines += _sample_efficiency_section(sample_efficiency)
-    factors = _load("ood_factors.json")
+    factors = [_load(f.name) for f in sorted(DOCS.glob("ood_factors*.json"))]
     if factors:
         lines += _ood_factors_section(factors)
     model_factors = _load("ood_model_factors.json")
