@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_info, report  # noqa: E402
@@ -79,8 +80,6 @@ def settings_data(env_id: str, n: int, root: Path) -> dict[str, str]:
 
 def run_one(task: dict[str, Any]) -> dict[str, Any]:
     """Train one (env, model, seed) on the base env's data, then evaluate it on every setting's data."""
-    import torch
-
     torch.set_num_threads(1)
     model, sparsity = MODELS[task["variant"]]
     cfg = WMTrainConfig(
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = list(pool.map(run_one, tasks))
     payload = {
         "benchmark": "ood_model_factors",
-        "machine": {**machine_info(), "torch": __import__("torch").__version__},
+        "machine": {**machine_info(), "torch": torch.__version__},
         "config": {
             "transitions": args.transitions,
             "eval_transitions": args.eval_transitions,
