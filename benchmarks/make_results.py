@@ -52,7 +52,9 @@ Usage::
         --out docs/ood_factors.json                                                # after sample_efficiency.py
     D=runs/sample_efficiency/full/pong; python benchmarks/ood_factors.py $D/causal-simple-? $D/mlp-simple-? \
         $D/ppo-? --episodes 20 --out docs/ood_factors_pong.json                  # session 21
-    python benchmarks/ood_model_factors.py --out docs/ood_model_factors.json   # ~15 min
+    python benchmarks/ood_model_factors.py --out docs/ood_model_factors.json   # ~30 min
+    python benchmarks/ood_model_factors.py --envs cwm/Pusher2D-v0 --models "slot-ssm (sparse, Pusher2D agent's)" \
+        "mlp (Pusher2D agent's)" --out X.json  # ~4 min; its runs appended to the file above, summary recomputed
     python benchmarks/make_results.py            # writes docs/results.md
 """
 
@@ -350,7 +352,13 @@ def _ood_model_section(bench: dict) -> list[str]:
         "error in the base data's normalised units), mean ± std over seeds, and in brackets the mean over seeds of "
         "each seed's ratio to its own base-env error. A change to a part that no other part reads should leave the "
         "other slots' errors where they were in a model that has learned so; a dense model reads every input for "
-        f"every output. On {_machine(m)}, torch {m['torch']}.",
+        f"every output. On {_machine(m)}, torch {m['torch']}."
+        + (
+            " Rows named *(Pusher2D agent's)* use the world-model settings of Pusher2D's shipped MPC agents (width "
+            "64, three-layer node networks, absolute error; `agents/configs/mpc.yaml`)."
+            if any("agent's" in name for name in cfg.get("models", {}))
+            else ""
+        ),
         "",
     ]
     for env_id, settings in bench["factors"].items():

@@ -48,11 +48,24 @@ from cwm_rl.data import collect  # noqa: E402
 from cwm_rl.wm_training import WMTrainConfig, evaluate_run, train_world_model  # noqa: E402
 
 ENVS = ["cwm/InterventionalPong-v0", "cwm/Pusher2D-v0"]
-# the causal model, the same slot model without its sparsity penalty (is it the graph or the slots?), the dense MLP
-MODELS = {
-    "slot-ssm (sparse)": ("slot-ssm", WMTrainConfig().sparsity_weight),
-    "slot-ssm (dense)": ("slot-ssm", 0.0),
-    "mlp": ("mlp", 0.0),
+# name -> (model, sparsity weight, other WMTrainConfig settings; "slot" holds SlotModelConfig settings).
+# By default: the causal model, the same slot model without its sparsity penalty (is it the graph or the slots?),
+# the dense MLP.
+MODELS: dict[str, tuple[str, float, dict[str, Any]]] = {
+    "slot-ssm (sparse)": ("slot-ssm", WMTrainConfig().sparsity_weight, {}),
+    "slot-ssm (dense)": ("slot-ssm", 0.0, {}),
+    "mlp": ("mlp", 0.0, {}),
+}
+# Named with --models only: the world-model settings of Pusher2D's shipped MPC agents (agents/configs/mpc.yaml:
+# width 64, three-layer node networks, absolute error; not its dense warm-up of 2,500 updates, longer than this fit)
+AGENT_FIT = {"prediction_loss": "l1"}
+EXTRA_MODELS: dict[str, tuple[str, float, dict[str, Any]]] = {
+    "slot-ssm (sparse, Pusher2D agent's)": (
+        "slot-ssm",
+        WMTrainConfig().sparsity_weight,
+        {**AGENT_FIT, "slot": {"d_model": 64, "mlp_layers": 3}},
+    ),
+    "mlp (Pusher2D agent's)": ("mlp", 0.0, AGENT_FIT),
 }
 HORIZONS = (1, 5, 10)
 EVAL_SEED = 10_000
@@ -81,7 +94,9 @@ def settings_data(env_id: str, n: int, root: Path) -> dict[str, str]:
 def run_one(task: dict[str, Any]) -> dict[str, Any]:
     """Train one (env, model, seed) on the base env's data, then evaluate it on every setting's data."""
     torch.set_num_threads(1)
-    model, sparsity = MODELS[task["variant"]]
+    model, sparsity, extra = {**MODELS, **EXTRA_MODELS}[task["variant"]]
+    extra = dict(extra)
+    slot = dataclasses.replace(WMTrainConfig().slot, **extra.pop("slot", {}))
     cfg = WMTrainConfig(
         env_id=task["env_id"],
         model=model,
@@ -91,8 +106,10 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         eval_every=task["steps"],
         sparsity_weight=sparsity,
         threads=1,
+        slot=slot,
+        **extra,
     )
-    run_dir = Path(task["tmp"]) / f"{Path(task['data']).name}-{model}-{sparsity}-{task['seed']}"
+    run_dir = Path(task["tmp"]) / f"{Path(task['data']).name}-{_slug(task['variant'])}-{task['seed']}"
     start = time.perf_counter()
     train_world_model(cfg, run_dir, progress=False)
     settings = {}
@@ -115,6 +132,10 @@ def run_one(task: dict[str, Any]) -> dict[str, Any]:
         "settings": settings,
         "wall_s": wall,
     }
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", nargs="+", default=ENVS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--models", nargs="+", default=list(MODELS), choices=[*MODELS, *EXTRA_MODELS], help="world models to compare"
+    )
     parser.add_argument("--transitions", type=int, default=20_000, help="base-env training transitions per env")
     parser.add_argument("--eval-transitions", type=int, default=4000, help="transitions per setting")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
@@ -168,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             collect(env_id, args.transitions, data, seed=0, num_envs=16)
             settings = settings_data(env_id, args.eval_transitions, Path(tmp) / "eval")
             steps = QUICK["steps"] if args.quick else train_steps(env_id)
-            for variant in MODELS:
+            for variant in args.models:
                 for seed in args.seeds:
                     tasks.append(
                         {
@@ -192,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "eval_seed": EVAL_SEED,
             "seeds": args.seeds,
             "horizons": list(HORIZONS),
+            "models": {name: list({**MODELS, **EXTRA_MODELS}[name]) for name in args.models},
             "jobs": args.jobs,
             "quick": args.quick,
             "defaults": dataclasses.asdict(WMTrainConfig()),

@@ -47,9 +47,13 @@ def test_summary_averages_over_seeds_with_each_seeds_ratio_to_its_own_base(omf):
 
 def test_quick_run_writes_every_setting_for_every_model(omf, tmp_path):
     out = tmp_path / "omf.json"
-    assert omf.main(["--envs", "cwm/Pusher2D-v0", "--quick", "--jobs", "1", "--out", str(out)]) == 0
+    models = ["slot-ssm (sparse)", "mlp (Pusher2D agent's)"]  # a default one and one named only on request
+    assert (
+        omf.main(["--envs", "cwm/Pusher2D-v0", "--quick", "--jobs", "1", "--models", *models, "--out", str(out)]) == 0
+    )
     payload = json.loads(out.read_text())
-    assert {r["variant"] for r in payload["runs"]} == set(omf.MODELS)
+    assert {r["variant"] for r in payload["runs"]} == set(models)
+    assert payload["config"]["models"]["mlp (Pusher2D agent's)"] == ["mlp", 0.0, {"prediction_loss": "l1"}]
     for r in payload["runs"]:
         assert list(r["settings"]) == ["base", "box_mass=3.0", "distractor_speed=0.05", "OOD twin"]
         assert all(np.isfinite(r["settings"][s]["open_loop_mse_10/box"]) for s in r["settings"])
