@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from cwm_rl.errors import InvalidArgumentError
 
@@ -40,6 +41,16 @@ def benchmarks_dir() -> Path:
             "not have; clone the repository and install it with `pip install -e .`"
         )
     return here
+
+
+def import_benchmark(name: str) -> ModuleType:
+    """A ``benchmarks/`` script imported as a module (its helpers and ``main``), for tests and notebooks; the
+    scripts import their siblings (``_common``) by plain name, so the folder is on ``sys.path`` while it loads."""
+    sys.path.insert(0, str(benchmarks_dir()))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 def run_benchmarks(

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 
-from cwm_rl.bench import benchmarks_dir
+from cwm_rl.bench import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def of():
-    sys.path.insert(0, str(benchmarks_dir()))
-    try:
-        import ood_factors
-    finally:
-        sys.path.pop(0)
-    return ood_factors
+    return import_benchmark("ood_factors")
 
 
 def test_settings_are_the_base_env_each_changed_argument_alone_and_the_twin(of):

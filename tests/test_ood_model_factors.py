@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from cwm_rl.bench import benchmarks_dir
+from cwm_rl.bench import import_benchmark
 from cwm_rl.data import collect, load_dataset
 
 
 @pytest.fixture(scope="module")
 def omf():
-    sys.path.insert(0, str(benchmarks_dir()))
-    try:
-        import ood_model_factors
-    finally:
-        sys.path.pop(0)
-    return ood_model_factors
+    return import_benchmark("ood_model_factors")
 
 
 def test_the_twin_setting_is_the_base_env_with_every_changed_argument(omf, tmp_path):

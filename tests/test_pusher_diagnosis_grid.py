@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import pytest
 
-from cwm_rl.bench import benchmarks_dir
+from cwm_rl.bench import import_benchmark
 from cwm_rl.data import collect
 
 
 @pytest.fixture(scope="module")
 def diagnosis():
-    sys.path.insert(0, str(benchmarks_dir()))
-    try:
-        import pusher_model_diagnosis
-    finally:
-        sys.path.pop(0)
-    return pusher_model_diagnosis
+    return import_benchmark("pusher_model_diagnosis")
 
 
 def test_a_row_trains_on_generated_data_or_on_a_dataset_directory(diagnosis, tmp_path):

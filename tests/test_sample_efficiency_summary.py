@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from cwm_rl.bench import benchmarks_dir
+from cwm_rl.bench import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def se():
-    sys.path.insert(0, str(benchmarks_dir()))
-    try:
-        import sample_efficiency
-    finally:
-        sys.path.pop(0)
-    return sample_efficiency
+    return import_benchmark("sample_efficiency")
 
 
 def _run(agent, seed, budget, curve, ood=0.0):
